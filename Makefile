@@ -1,0 +1,38 @@
+# Set-up is part of every target: a fresh machine needs only Python 3.11+ and make.
+#   make run    the main job (offline, synthetic data, a few minutes on 2 CPU cores)
+#   make test   the test suite
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: setup run test lint bench clean
+
+setup: $(INSTALLED) $(VENV)/.horovod
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Reinstall when the dependencies change.
+$(INSTALLED): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Horovod is built from source against the installed TensorFlow; the wheel is
+# cached under ~/.cache/sentiment-dist, so this takes seconds after the first time.
+$(VENV)/.horovod: launch/build_horovod.sh $(INSTALLED)
+	bash launch/build_horovod.sh $(PY)
+	touch $@
+
+run: setup
+	$(PY) -m sentiment_dist
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check sentiment_dist tests benchmarks launch
+
+clean:
+	rm -rf $(VENV) outputs multirun

@@ -1,0 +1,9 @@
+"""sentiment-dist: distributed LSTM sentiment classifiers with transfer learning."""
+
+__version__ = "0.1.0"
+
+import os as _os
+
+# TensorFlow's C++ start-up chatter (CUDA probing, CPU features) buries the
+# progress; real errors still print. Set TF_CPP_MIN_LOG_LEVEL=0 to see it all.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

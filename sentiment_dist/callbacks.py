@@ -1,0 +1,107 @@
+"""Keras callbacks the training loop drives, built from `trainer.*` config.
+
+They run on every rank with identical (all-reduced) logs, so every rank takes
+the same decisions (stop, lower the rate, keep these weights); only the chief
+writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import keras
+import numpy as np
+from omegaconf import DictConfig
+
+from sentiment_dist.errors import UserError
+from sentiment_dist.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keep the best epoch's weights (by `monitor`), restore them at the end,
+    and on the chief save them atomically to `path`."""
+
+    def __init__(self, monitor: str, path: str | None):
+        super().__init__()
+        self.monitor, self.path = monitor, path
+        self.mode = "max" if "acc" in monitor or "f1" in monitor else "min"
+        self.best = -math.inf if self.mode == "max" else math.inf
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"trainer.best_monitor={self.monitor!r} is not one of {sorted(logs or {})}")
+        if (value > self.best) if self.mode == "max" else (value < self.best):
+            self.best, self.best_weights = value, self.model.get_weights()
+            if self.path:
+                atomic_write(self.path, self.model.save_weights)
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+class LearningRateWarmup(keras.callbacks.Callback):
+    """Ramp the base rate linearly from `start` to `target` over the first
+    epochs (Goyal et al. 2017), so a rate scaled by the number of replicas
+    does not blow up the first steps."""
+
+    def __init__(self, start: float, target: float, warmup_steps: int):
+        super().__init__()
+        self.start, self.target, self.warmup_steps = start, target, warmup_steps
+        self.step = 0
+
+    def on_train_begin(self, logs=None):
+        self.step = int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.step <= self.warmup_steps:
+            fraction = self.step / max(self.warmup_steps, 1)
+            self.model.optimizer.learning_rate = self.start + (self.target - self.start) * fraction
+        self.step += 1
+
+
+def make_callbacks(
+    cfg: DictConfig, base_rate: float, effective_rate: float, steps: int, best_path: str | None
+) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = []
+    if cfg.warmup_epochs and effective_rate != base_rate:
+        callbacks.append(LearningRateWarmup(base_rate, effective_rate, int(cfg.warmup_epochs * steps)))
+    if cfg.lr_on_plateau.patience is not None:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=cfg.lr_on_plateau.monitor,
+                factor=cfg.lr_on_plateau.factor,
+                patience=cfg.lr_on_plateau.patience,
+                min_lr=cfg.lr_on_plateau.min_lr,
+            )
+        )
+    if cfg.early_stopping.patience is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=cfg.early_stopping.monitor,
+                patience=cfg.early_stopping.patience,
+                min_delta=cfg.early_stopping.min_delta,
+            )
+        )
+    callbacks.append(BestWeights(cfg.best_monitor, best_path))
+    return callbacks
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str | None) -> np.ndarray | None:
+    """Per-class weights: `balanced` gives n / (K * count_k), as scikit-learn."""
+    if mode is None:
+        return None
+    if mode != "balanced":
+        raise UserError(f"trainer.class_weight={mode!r} is unknown; use null or balanced.")
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return (len(labels) / (num_classes * np.maximum(counts, 1))).astype(np.float32)
+
+
+def checkpoint_paths(run_dir: str) -> tuple[str, str]:
+    return os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "checkpoints", "best.weights.h5")

@@ -1,0 +1,140 @@
+"""The one input pipeline: vectorise once, then shuffle, batch, shard, prefetch.
+
+Texts are vectorised by a Keras `TextVectorization` layer inside `tf.data`
+(batched `map`, no per-example Python) exactly once per run; the token ids
+are the cache every epoch reads. Each epoch then shuffles with its own seed
+(`seed + epoch`, so a resumed run sees the order it would have seen), cuts
+*global* batches, and each input pipeline keeps its slice of every global
+batch (see `sentiment_dist.distribute`). Evaluation pads the last global
+batch with zero-weight examples so every replica gets full batches and every
+real example is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from sentiment_dist.distribute import InputShard
+from sentiment_dist.errors import UserError
+from sentiment_dist.io import atomic_write_text
+
+AUTOTUNE = tf.data.AUTOTUNE
+VOCABULARY_FILE = "vocabulary.txt"
+_VECTORIZE_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class TokenizedSplit:
+    """Token ids `[n, sequence_length]`, labels `[n]` and per-example weights `[n]`."""
+
+    tokens: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def make_vectorizer(sequence_length: int, vocabulary: list[str] | None = None, vocab_size: int | None = None):
+    """A `TextVectorization` layer; with `vocabulary` it is ready to use."""
+    import keras
+
+    layer = keras.layers.TextVectorization(
+        max_tokens=vocab_size,
+        output_sequence_length=sequence_length,
+        standardize="lower_and_strip_punctuation",
+        name="vectorizer",
+    )
+    if vocabulary is not None:
+        layer.set_vocabulary(vocabulary)
+    return layer
+
+
+def build_vocabulary(texts: np.ndarray, vocab_size: int) -> list[str]:
+    """Most frequent tokens of `texts`: `["", "[UNK]", ...]`, at most `vocab_size`."""
+    layer = make_vectorizer(sequence_length=1, vocab_size=vocab_size)
+    layer.adapt(tf.data.Dataset.from_tensor_slices(texts.astype(str)).batch(_VECTORIZE_BATCH))
+    return list(layer.get_vocabulary())
+
+
+def save_vocabulary(vocabulary: list[str], directory: str) -> str:
+    path = os.path.join(directory, VOCABULARY_FILE)
+    atomic_write_text(path, "\n".join(vocabulary) + "\n")
+    return path
+
+
+def load_vocabulary(directory: str) -> list[str]:
+    path = os.path.join(directory, VOCABULARY_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{path} is missing; point at a complete run directory.")
+    with open(path, encoding="utf-8") as handle:
+        vocabulary = handle.read().split("\n")[:-1]
+    if len(vocabulary) < 3 or vocabulary[:2] != ["", "[UNK]"]:
+        raise UserError(f"{path} is not a vocabulary written by sentiment-dist; retrain the run.")
+    return vocabulary
+
+
+def vectorize(vectorizer, texts: np.ndarray) -> np.ndarray:
+    """Token ids for every text, computed by TF in large batches."""
+    if len(texts) == 0:
+        return np.zeros((0, vectorizer.get_config()["output_sequence_length"]), np.int32)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(texts.astype(str))
+        .batch(_VECTORIZE_BATCH)
+        .map(vectorizer, num_parallel_calls=AUTOTUNE, deterministic=True)
+    )
+    return np.concatenate([batch.numpy() for batch in dataset]).astype(np.int32)
+
+
+def tokenize_split(vectorizer, texts: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> TokenizedSplit:
+    weights = np.ones(len(labels), np.float32) if weights is None else weights.astype(np.float32)
+    return TokenizedSplit(vectorize(vectorizer, texts), labels.astype(np.int32), weights)
+
+
+def _shard(dataset: tf.data.Dataset, global_batch: int, shard: InputShard) -> tf.data.Dataset:
+    """Keep this pipeline's slice of each global batch, in per-replica batches."""
+    per_pipeline = global_batch // shard.num_pipelines
+    start = shard.pipeline_id * per_pipeline
+    if shard.num_pipelines > 1:
+        dataset = dataset.map(
+            lambda *columns: tuple(column[start : start + per_pipeline] for column in columns),
+            num_parallel_calls=AUTOTUNE,
+        )
+    if shard.replicas_per_pipeline > 1:
+        dataset = dataset.rebatch(global_batch // shard.num_replicas, drop_remainder=True)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def steps_per_epoch(split: TokenizedSplit, global_batch: int) -> int:
+    return len(split) // global_batch
+
+
+def training_batches(
+    split: TokenizedSplit, global_batch: int, seed: int, epoch: int, shard: InputShard
+) -> tf.data.Dataset:
+    """One epoch of shuffled global batches (the remainder is dropped: fixed shapes)."""
+    if len(split) < global_batch:
+        raise UserError(
+            f"the training split has {len(split)} examples, fewer than one global batch of "
+            f"{global_batch}; lower trainer.batch_size or use more data."
+        )
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((split.tokens, split.labels, split.weights))
+        .shuffle(len(split), seed=seed + epoch, reshuffle_each_iteration=False)
+        .batch(global_batch, drop_remainder=True)
+    )
+    return _shard(dataset, global_batch, shard)
+
+
+def evaluation_batches(split: TokenizedSplit, global_batch: int, shard: InputShard) -> tf.data.Dataset:
+    """All examples in order, padded with weight-0 rows to whole global batches."""
+    padding = (-len(split)) % global_batch
+    tokens = np.concatenate([split.tokens, np.zeros((padding, split.tokens.shape[1]), np.int32)])
+    labels = np.concatenate([split.labels, np.zeros(padding, np.int32)])
+    weights = np.concatenate([np.ones(len(split), np.float32), np.zeros(padding, np.float32)])
+    dataset = tf.data.Dataset.from_tensor_slices((tokens, labels, weights)).batch(global_batch)
+    return _shard(dataset, global_batch, shard)

@@ -1,0 +1,374 @@
+"""Who am I, how many are we, how is data sharded, how are gradients reduced.
+
+This module is the one place that knows who the chief is. The trainer is
+written once against `Distribution`; `strategy=` picks the subclass:
+
+- `single`:      one device, the default `tf.distribute` strategy.
+- `mirrored`:    `tf.distribute.MirroredStrategy` over local GPUs (or N logical
+                 CPU devices, for tests and laptops).
+- `multiworker`: `tf.distribute.MultiWorkerMirroredStrategy` from `TF_CONFIG`
+                 or SLURM.
+- `horovod`:     one process per GPU, `horovod.tensorflow` collectives.
+
+Every strategy sees the same data: the input is cut into *global* batches of
+`batch_size * num_replicas` examples in one seeded order, and replica `r`
+takes slice `r` of each global batch. Per-replica losses are sums divided by
+the global batch size and gradients are summed across replicas, so one step
+under any strategy is the same step a single device takes on the whole global
+batch (the equivalence test checks this numerically).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig
+
+from sentiment_dist.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def launch_rank() -> int:
+    """This process's rank as its launcher announced it, before any init.
+
+    Hydra needs to know whether it runs on the chief before TensorFlow or
+    Horovod start (only the chief gets a run directory); `Distribution`
+    checks after init that it agrees with this.
+    """
+    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    tf_config = os.environ.get("TF_CONFIG")
+    if tf_config:
+        try:
+            task = json.loads(tf_config).get("task", {})
+            cluster = json.loads(tf_config).get("cluster", {})
+        except json.JSONDecodeError as err:
+            raise UserError(f"TF_CONFIG is not valid JSON ({err}); fix or unset it.") from err
+        task_type, index = task.get("type", "worker"), int(task.get("index", 0))
+        if task_type == "chief":
+            return 0
+        return index + (1 if "chief" in cluster else 0)
+    if os.environ.get("SLURM_PROCID", "").isdigit() and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ["SLURM_PROCID"])
+    return 0
+
+
+def is_launch_chief() -> bool:
+    return launch_rank() == 0
+
+
+@dataclass(frozen=True)
+class InputShard:
+    """What one input pipeline must produce: its slice of every global batch."""
+
+    pipeline_id: int
+    num_pipelines: int
+    num_replicas: int  # replicas fed by all pipelines together
+
+    @property
+    def replicas_per_pipeline(self) -> int:
+        return self.num_replicas // self.num_pipelines
+
+
+class Distribution:
+    """Single device; the base every strategy refines."""
+
+    name = "single"
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.strategy: tf.distribute.Strategy = self._make_strategy()
+
+    # -- identity ---------------------------------------------------------
+    def _make_strategy(self) -> tf.distribute.Strategy:
+        return tf.distribute.get_strategy()
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        """Number of processes."""
+        return 1
+
+    @property
+    def num_replicas(self) -> int:
+        """Number of model replicas across all processes (devices in sync)."""
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "strategy": self.name,
+            "world_size": self.world_size,
+            "num_replicas": self.num_replicas,
+            "rank": self.rank,
+            "devices": [d.name for d in tf.config.list_logical_devices() if d.device_type != "CPU"]
+            or ["CPU"],
+        }
+
+    def _check_launch_rank(self) -> None:
+        if launch_rank() != self.rank:
+            raise UserError(
+                f"the launcher says this process is rank {launch_rank()} but {self.name} "
+                f"says {self.rank}; launch strategy={self.name} with its own launcher "
+                "(see launch/)."
+            )
+
+    # -- placement --------------------------------------------------------
+    def scope(self):
+        return self.strategy.scope()
+
+    def distribute_dataset(self, make: Callable[[InputShard], tf.data.Dataset]) -> Iterable:
+        """Build each input pipeline with `make` and feed its per-replica batches."""
+
+        def from_context(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            return make(InputShard(ctx.input_pipeline_id, ctx.num_input_pipelines, ctx.num_replicas_in_sync))
+
+        if self.num_replicas == 1 and self.world_size == 1:
+            return make(InputShard(0, 1, 1))
+        return self.strategy.distribute_datasets_from_function(from_context)
+
+    def run(self, fn: Callable, args: tuple) -> Any:
+        return self.strategy.run(fn, args=args)
+
+    # -- collectives ------------------------------------------------------
+    def all_reduce_sum(self, values: list[tf.Tensor]) -> list[tf.Tensor]:
+        """Sum tensors over all replicas, called inside the replica function."""
+        context = tf.distribute.get_replica_context()
+        if self.num_replicas == 1:
+            return values
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+    def reduce_sum(self, per_replica: Any) -> Any:
+        """Sum a replica function's outputs over all replicas (cross-replica)."""
+        return tf.nest.map_structure(
+            lambda v: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), per_replica
+        )
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Give every process the chief's `obj` (picklable)."""
+        if self.world_size == 1:
+            return obj
+        payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8) if self.is_chief else np.zeros(0, np.uint8)
+        size = int(self._sum_from_chief(np.array([payload.size], np.int64))[0])
+        buffer = np.zeros(size, np.int32)
+        if self.is_chief:
+            buffer[:] = payload
+        return pickle.loads(self._sum_from_chief(buffer).astype(np.uint8).tobytes())
+
+    def _sum_from_chief(self, array: np.ndarray) -> np.ndarray:
+        """All-reduce in which only global replica 0 (on the chief) contributes."""
+
+        def contribute():
+            context = tf.distribute.get_replica_context()
+            value = tf.constant(array)
+            mine = tf.equal(context.replica_id_in_sync_group, 0)
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.where(mine, value, tf.zeros_like(value)))
+
+        result = self.strategy.run(contribute)
+        return self.strategy.experimental_local_results(result)[0].numpy()
+
+    def broadcast_variables(self, variables: list) -> None:
+        """Make every process hold the chief's values.
+
+        tf.distribute creates mirrored variables from the chief's initial
+        values and keeps them in sync, so there is nothing to do.
+        """
+
+    def prepare_optimizer(self, optimizer: Any) -> None:
+        """Stop Keras from all-reducing gradients a second time.
+
+        The trainer reduces gradients itself (`all_reduce_sum`) so that
+        clipping sees the global gradient, as on one device; Keras' optimizer
+        would otherwise sum them again inside `apply_gradients` under
+        tf.distribute (and clip before reducing, per replica).
+        """
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        if not hasattr(inner, "_all_reduce_sum_gradients"):
+            raise RuntimeError("this Keras version no longer reduces gradients in the optimizer; revisit")
+        inner._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars
+
+    def checkpoint_write_dir(self, directory: str) -> str | None:
+        """Where this process saves checkpoints: the chief into `directory`, others nowhere."""
+        return directory if self.is_chief else None
+
+    def shutdown(self) -> None:
+        """Release collectives so the process can exit cleanly."""
+
+
+class MirroredDistribution(Distribution):
+    name = "mirrored"
+
+    def _make_strategy(self) -> tf.distribute.Strategy:
+        cpu_devices = int(self.cfg.get("cpu_devices") or 0)
+        if cpu_devices > 0:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            try:
+                tf.config.set_logical_device_configuration(
+                    cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_devices)]
+                )
+            except RuntimeError as err:  # TF already initialised its devices
+                raise RuntimeError("strategy.cpu_devices must be set before TensorFlow starts") from err
+            devices = [f"/cpu:{i}" for i in range(cpu_devices)]
+            return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        cross_device_ops = {
+            "nccl": tf.distribute.NcclAllReduce,
+            "hierarchical_copy": tf.distribute.HierarchicalCopyAllReduce,
+            "reduction_to_one_device": tf.distribute.ReductionToOneDevice,
+        }[self.cfg.get("cross_device_ops", "nccl") if gpus else "reduction_to_one_device"]()
+        return tf.distribute.MirroredStrategy(cross_device_ops=cross_device_ops)
+
+
+class MultiWorkerDistribution(Distribution):
+    name = "multiworker"
+
+    def _make_strategy(self) -> tf.distribute.Strategy:
+        resolver_name = self.cfg.get("cluster_resolver", "tf_config")
+        if resolver_name == "slurm":
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+                port_base=int(self.cfg.get("slurm_port_base", 8888))
+            )
+        elif resolver_name == "tf_config":
+            if not os.environ.get("TF_CONFIG"):
+                raise UserError(
+                    "strategy=multiworker needs TF_CONFIG (or strategy.cluster_resolver=slurm); "
+                    "start workers with launch/multiworker.py."
+                )
+            resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        else:
+            raise UserError(f"strategy.cluster_resolver={resolver_name!r} is unknown; use tf_config or slurm.")
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        implementation = {
+            "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+            "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+            "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+        }[self.cfg.get("communication", "auto")]
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=resolver,
+            communication_options=tf.distribute.experimental.CommunicationOptions(implementation=implementation),
+        )
+        return strategy
+
+    @property
+    def rank(self) -> int:
+        resolver = self.strategy.cluster_resolver
+        has_chief = "chief" in resolver.cluster_spec().as_dict()
+        if resolver.task_type == "chief":
+            return 0
+        return int(resolver.task_id) + (1 if has_chief else 0)
+
+    @property
+    def world_size(self) -> int:
+        spec = self.strategy.cluster_resolver.cluster_spec().as_dict()
+        return sum(len(spec.get(kind, [])) for kind in ("chief", "worker"))
+
+    def checkpoint_write_dir(self, directory: str) -> str | None:
+        # Every worker must take part in saving (it may run collectives), but
+        # only the chief's copy is kept; the others write to scratch dirs.
+        if self.is_chief:
+            return directory
+        return os.path.join(tempfile.gettempdir(), f"sentiment-dist-worker{self.rank}-{os.getpid()}")
+
+
+class HorovodDistribution(Distribution):
+    name = "horovod"
+
+    def _make_strategy(self) -> tf.distribute.Strategy:
+        try:
+            import horovod.tensorflow as hvd
+        except ImportError as err:
+            raise UserError(
+                "strategy=horovod needs Horovod; build it with launch/build_horovod.sh "
+                "(make setup does this)."
+            ) from err
+        self.hvd = hvd
+        hvd.init()
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:  # one GPU per process, chosen by local rank
+            tf.config.experimental.set_memory_growth(gpus[hvd.local_rank()], True)
+            tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
+        self._check_launch_rank()
+        return tf.distribute.get_strategy()
+
+    @property
+    def rank(self) -> int:
+        return self.hvd.rank()
+
+    @property
+    def world_size(self) -> int:
+        return self.hvd.size()
+
+    @property
+    def num_replicas(self) -> int:
+        return self.hvd.size()
+
+    def distribute_dataset(self, make: Callable[[InputShard], tf.data.Dataset]) -> Iterable:
+        return make(InputShard(self.rank, self.world_size, self.world_size))
+
+    def run(self, fn: Callable, args: tuple) -> Any:
+        return fn(*args)
+
+    def all_reduce_sum(self, values: list[tf.Tensor]) -> list[tf.Tensor]:
+        if self.world_size == 1:
+            return values
+        # Dense gradients: an embedding's IndexedSlices would be allgathered,
+        # which costs more than reducing the dense table for our vocab sizes.
+        return [self.hvd.allreduce(tf.convert_to_tensor(v), op=self.hvd.Sum) for v in values]
+
+    def reduce_sum(self, per_replica: Any) -> Any:
+        if self.world_size == 1:
+            return per_replica
+        return tf.nest.map_structure(lambda v: self.hvd.allreduce(v, op=self.hvd.Sum), per_replica)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return self.hvd.broadcast_object(obj, root_rank=0) if self.world_size > 1 else obj
+
+    def broadcast_variables(self, variables: list) -> None:
+        if self.world_size > 1:
+            self.hvd.broadcast_variables(variables, root_rank=0)
+
+    def shutdown(self) -> None:
+        self.hvd.shutdown()
+
+
+STRATEGIES: dict[str, type[Distribution]] = {
+    "single": Distribution,
+    "mirrored": MirroredDistribution,
+    "multiworker": MultiWorkerDistribution,
+    "horovod": HorovodDistribution,
+}
+
+
+def make_distribution(cfg: DictConfig) -> Distribution:
+    """Create the strategy named by `cfg.name`; call before any other TF work."""
+    try:
+        cls = STRATEGIES[cfg.name]
+    except KeyError:
+        raise UserError(f"strategy={cfg.name!r} is unknown; use one of {', '.join(STRATEGIES)}.") from None
+    distribution = cls(cfg)
+    if distribution.rank != launch_rank():
+        distribution._check_launch_rank()
+    log.debug("distribution %s", distribution.describe())
+    return distribution
+

@@ -1,0 +1,162 @@
+"""Experiment tracking with Weights & Biases, on the chief only.
+
+Other ranks (and `logger=none`) get a `Tracker` that does nothing. W&B is
+never allowed to stop or corrupt training: any failure is logged once and the
+run falls back to offline, then to no tracking.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+import keras
+from omegaconf import DictConfig
+
+from sentiment_dist.config import resolved
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("model.keras", "vocabulary.txt", "labels.json", "config.yaml", "metrics.json")
+
+
+class Tracker:
+    """No tracking: what non-chief ranks and `logger=none` get."""
+
+    run: Any = None
+
+    def update_config(self, values: dict) -> None: ...
+
+    def log_epoch(self, epoch: int, logs: dict) -> None: ...
+
+    def log_results(self, metrics: dict, run_dir: str) -> None: ...
+
+    def use_model(self, reference: str) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+def _logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def choose_mode(cfg: DictConfig) -> str:
+    """W&B's own convention: online when logged in, offline otherwise."""
+    if cfg.mode:
+        return cfg.mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if _logged_in() else "offline"
+
+
+class WandbTracker(Tracker):
+    def __init__(self, run):
+        self.run = run
+        self._failed = False
+
+    def _guard(self, action: str, fn, *args) -> None:
+        if self._failed:
+            return
+        try:
+            fn(*args)
+        except Exception as err:  # W&B must never break training
+            self._failed = True
+            log.warning("W&B %s failed (%s: %s); training continues without W&B logging.", action, type(err).__name__, err)
+
+    def update_config(self, values: dict) -> None:
+        self._guard("config update", lambda: self.run.config.update(values, allow_val_change=True))
+
+    def log_epoch(self, epoch: int, logs: dict) -> None:
+        self._guard("log", lambda: self.run.log({"epoch": epoch + 1, **logs}))
+
+    def log_results(self, metrics: dict, run_dir: str) -> None:
+        self._guard("summary", self._log_results, metrics, run_dir)
+
+    def _log_results(self, metrics: dict, run_dir: str) -> None:
+        import wandb
+
+        for split in ("test", "validation"):
+            for key in ("loss", "accuracy", "macro_f1"):
+                self.run.summary[f"{split}/{key}"] = metrics[split][key]
+            for name, scores in metrics[split]["per_class"].items():
+                for key in ("precision", "recall", "f1"):
+                    self.run.summary[f"{split}/{name}/{key}"] = scores[key]
+        self.run.summary["examples_per_second"] = metrics["examples_per_second"]
+        self.run.summary["train_seconds"] = metrics["train_seconds"]
+        names = metrics["test"]["label_names"]
+        table = wandb.Table(columns=["true", *names])
+        for name, row in zip(names, metrics["test"]["confusion_matrix"], strict=True):
+            table.add_data(name, *row)
+        images = {
+            f"plots/{stem}": wandb.Image(os.path.join(run_dir, f"{stem}.png"))
+            for stem in ("confusion_matrix", "training_curves", "transfer_report")
+            if os.path.exists(os.path.join(run_dir, f"{stem}.png"))
+        }
+        self.run.log({"test/confusion_matrix": table, **images})
+        if self.run.config.get("logger", {}).get("log_model", True):
+            artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata={"test": metrics["test"]["accuracy"]})
+            for name in RUN_FILES:
+                if os.path.exists(os.path.join(run_dir, name)):
+                    artifact.add_file(os.path.join(run_dir, name))
+            self.run.log_artifact(artifact, aliases=["latest"])
+
+    def use_model(self, reference: str) -> None:
+        self._guard("use_artifact", lambda: self.run.use_artifact(reference, type="model"))
+
+    def finish(self) -> None:
+        self._guard("finish", self.run.finish)
+
+
+def start(cfg: DictConfig, dist, run_dir: str, job_type: str) -> Tracker:
+    """A W&B run on the chief (one per job), a no-op tracker elsewhere."""
+    logger = cfg.logger
+    if not dist.is_chief or logger.name == "none":
+        return Tracker()
+    mode = choose_mode(logger)
+    if mode == "disabled":
+        return Tracker()
+    if mode == "offline":
+        log.info("W&B is logging offline (not logged in); upload later with `wandb sync %s/wandb/offline-run-*`.", run_dir)
+    try:
+        import wandb
+    except ImportError:
+        log.warning("wandb is not installed; running without W&B logging.")
+        return Tracker()
+    settings = dict(
+        project=logger.project,
+        entity=logger.entity,
+        group=logger.group or os.path.basename(os.path.normpath(run_dir)),
+        tags=list(logger.tags or []),
+        name=logger.name_,
+        notes=logger.notes,
+        job_type=job_type,
+        config=resolved(cfg),
+        dir=run_dir,
+    )
+    for attempt in (mode, "offline") if mode == "online" else (mode,):
+        try:
+            return WandbTracker(wandb.init(mode=attempt, **settings, settings=wandb.Settings(init_timeout=60)))
+        except Exception as err:  # no network, bad key, service error
+            log.warning("W&B init (%s) failed (%s: %s).", attempt, type(err).__name__, err)
+    log.warning("Running without W&B logging.")
+    return Tracker()
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Sends each epoch's logs (metrics, learning rate, throughput) to the tracker."""
+
+    def __init__(self, tracker: Tracker):
+        super().__init__()
+        self.tracker = tracker
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.tracker.log_epoch(epoch, {key: float(value) for key, value in (logs or {}).items()})
