@@ -181,7 +181,7 @@ class Distribution:
             mine = tf.equal(context.replica_id_in_sync_group, 0)
             return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.where(mine, value, tf.zeros_like(value)))
 
-        result = self.strategy.run(contribute)
+        result = tf.function(lambda: self.strategy.run(contribute))()  # eager collectives are slow
         return self.strategy.experimental_local_results(result)[0].numpy()
 
     def broadcast_variables(self, variables: list) -> None:

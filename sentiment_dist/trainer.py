@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -352,6 +353,8 @@ class Checkpointer:
         if self.dist.is_chief:
             atomic_write_json(os.path.join(self.directory, self.HISTORY), history.epochs)
         self.manager.save(checkpoint_number=len(history.epochs))
+        if self.write_dir != self.directory:  # a worker's scratch copy
+            shutil.rmtree(self.write_dir, ignore_errors=True)
 
 
 def macro_f1(confusion: np.ndarray) -> float:

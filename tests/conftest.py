@@ -1,0 +1,71 @@
+"""Helpers for tests that run the real CLIs in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+
+# Small, fast, deterministic runs; W&B off unless a test turns it on.
+TINY = ["debug=tiny", "trainer.verbose=false"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None, check: bool = True):
+    """Run a command; on unexpected failure show its output in the assertion."""
+    result = subprocess.run(args, cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{args} exited {result.returncode}\n--- stdout\n{quiet(result.stdout)[-4000:]}\n--- stderr\n{quiet(result.stderr)[-6000:]}"
+        )
+    return result
+
+
+def quiet(text: str) -> str:
+    """Output without TensorFlow's C++ start-up lines."""
+    return "\n".join(line for line in text.splitlines() if not line[:5] in ("E0000", "W0000", "I0000", "WARNI"))
+
+
+def module(name: str, *overrides: str) -> list[str]:
+    return [PYTHON, "-m", f"sentiment_dist.{name}", *overrides]
+
+
+def horovodrun() -> list[str]:
+    return [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo"]
+
+
+def multiworker(n: int = 2) -> list[str]:
+    return [PYTHON, str(REPO / "launch" / "multiworker.py"), "-n", str(n), "--"]
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def only_run_dir(root: Path) -> Path:
+    """The one run dir under `root` (outputs/<task>/<time>); fails if there are more."""
+    runs = [p.parent for p in root.rglob("metrics.json")]
+    assert len(runs) == 1, f"expected one run dir under {root}, found {runs}"
+    return runs[0]
+
+
+@pytest.fixture(scope="session")
+def horovod_available() -> bool:
+    """Horovod is part of set-up (make test builds it); its absence is a failure, not a skip."""
+    assert shutil.which("horovodrun", path=str(BIN)), "horovodrun missing: run `make setup` (launch/build_horovod.sh)"
+    return True

@@ -1,0 +1,90 @@
+"""Model registry: shapes, losses, layer groups, fused-kernel warning, safe-mode saving."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from omegaconf import OmegaConf
+
+from sentiment_dist.config import CONFIG_DIR
+from sentiment_dist.data.pipeline import make_vectorizer
+from sentiment_dist.errors import UserError
+from sentiment_dist.models import ENCODERS, GROUPS, build_classifier, group_variables, inference_model, per_example_loss
+
+
+def model_cfg(option: str, **overrides):
+    cfg = OmegaConf.load(f"{CONFIG_DIR}/model/{option}.yaml")
+    cfg.merge_with({"sequence_length": 12, "embedding_dim": 8, "units": 4, "attention_units": 4, **overrides})
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("num_classes", [2, 3, 5])
+def test_every_model_maps_tokens_to_class_probabilities(name, num_classes):
+    model = build_classifier(model_cfg(name), vocab_size=30, num_classes=num_classes)
+    tokens = np.random.default_rng(0).integers(1, 30, size=(4, 12)).astype("int32")
+    tokens[:, 8:] = 0  # right padding, as TextVectorization makes it
+    probabilities = model(tokens).numpy()
+    if num_classes == 2:
+        assert probabilities.shape == (4, 1)
+        assert model.get_layer("head_output").activation.__name__ == "sigmoid"
+        assert ((probabilities > 0) & (probabilities < 1)).all()
+    else:
+        assert probabilities.shape == (4, num_classes)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_every_layer_belongs_to_a_named_group(name):
+    model = build_classifier(model_cfg(name), vocab_size=30, num_classes=2)
+    groups = group_variables(model)
+    assert list(groups) == list(GROUPS)
+    assert all(groups[group] for group in GROUPS)
+    assert sum(len(v) for v in groups.values()) == len(model.trainable_variables)
+
+
+def test_architectures_differ_as_their_names_say():
+    def lstm_layers(name):
+        model = build_classifier(model_cfg(name), vocab_size=30, num_classes=2)
+        return [layer for layer in model.layers if layer.name.startswith("encoder_")]
+
+    assert [type(layer).__name__ for layer in lstm_layers("lstm")] == ["LSTM"]
+    assert [type(layer).__name__ for layer in lstm_layers("bilstm")] == ["Bidirectional"]
+    assert [type(layer).__name__ for layer in lstm_layers("stacked_lstm")][::2] == ["LSTM", "LSTM"]
+    assert type(lstm_layers("attention_lstm")[-1]).__name__ == "AttentionPooling"
+
+
+def test_losses_are_binary_and_sparse_categorical_cross_entropy():
+    labels = tf.constant([0, 1])
+    binary = per_example_loss(labels, tf.constant([[0.2], [0.9]]), 2).numpy()
+    np.testing.assert_allclose(binary, [-np.log(0.8), -np.log(0.9)], rtol=1e-4)
+    categorical = per_example_loss(labels, tf.constant([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]]), 3).numpy()
+    np.testing.assert_allclose(categorical, [-np.log(0.7), -np.log(0.6)], rtol=1e-4)
+
+
+def test_recurrent_dropout_warns_about_the_fused_kernel(caplog):
+    with caplog.at_level(logging.WARNING):
+        build_classifier(model_cfg("lstm", recurrent_dropout=0.2), vocab_size=30, num_classes=2)
+    assert "disables the fused / cuDNN LSTM kernel" in caplog.text
+
+
+def test_unknown_model_and_single_class_are_user_errors():
+    with pytest.raises(UserError, match="unknown"):
+        build_classifier(model_cfg("lstm", name="gru"), vocab_size=30, num_classes=2)
+    with pytest.raises(UserError, match="fewer than 2 classes"):
+        build_classifier(model_cfg("lstm"), vocab_size=30, num_classes=1)
+
+
+def test_inference_model_takes_raw_strings_and_loads_in_safe_mode(tmp_path):
+    vectorizer = make_vectorizer(12, ["", "[UNK]", "good", "bad", "movie"])
+    classifier = build_classifier(model_cfg("attention_lstm"), vocab_size=5, num_classes=3)
+    model = inference_model(vectorizer, classifier)
+    texts = tf.constant([["good movie"], ["bad bad movie"]])
+    expected = model(texts).numpy()
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded(texts).numpy(), expected, rtol=1e-6)
