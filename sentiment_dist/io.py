@@ -8,7 +8,6 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import keras
 from omegaconf import DictConfig, OmegaConf
 
+from sentiment_dist.data.pipeline import VOCABULARY_FILE, load_vocabulary
 from sentiment_dist.errors import UserError
 from sentiment_dist.models import CLASSIFIER_NAME
 
@@ -48,6 +49,7 @@ def load_run(directory: str) -> Run:
     model_path = _require(directory, MODEL_FILE)
     labels_path = _require(directory, LABELS_FILE)
     config_path = _require(directory, CONFIG_FILE)
+    vocabulary = load_vocabulary(directory)
     try:
         model = keras.models.load_model(model_path, safe_mode=True, compile=False)
     except Exception as err:  # zip / h5 / config errors: a damaged file
@@ -58,4 +60,7 @@ def load_run(directory: str) -> Run:
         config = OmegaConf.load(config_path)
     except (ValueError, KeyError) as err:
         raise UserError(f"{directory} has a damaged {LABELS_FILE} or {CONFIG_FILE}; retrain the run.") from err
-    return Run(directory, model, list(label_names), config)
+    run = Run(directory, model, list(label_names), config)
+    if list(run.vectorizer.get_vocabulary()) != vocabulary:
+        raise UserError(f"{directory}/{VOCABULARY_FILE} does not match its model.keras; the run dir is damaged, retrain it.")
+    return run

@@ -7,6 +7,7 @@ run falls back to offline, then to no tracking.
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -17,10 +18,13 @@ import keras
 from omegaconf import DictConfig
 
 from sentiment_dist.config import resolved
+from sentiment_dist.errors import UserError
+from sentiment_dist.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("model.keras", "vocabulary.txt", "labels.json", "config.yaml", "metrics.json")
+TRACKING_FILE = "tracking.json"  # the W&B run and artifact a run dir was logged as
 
 
 class Tracker:
@@ -34,7 +38,7 @@ class Tracker:
 
     def log_results(self, metrics: dict, run_dir: str) -> None: ...
 
-    def use_model(self, reference: str) -> None: ...
+    def use_model(self, source_dir: str) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -59,18 +63,18 @@ def choose_mode(cfg: DictConfig) -> str:
 
 
 class WandbTracker(Tracker):
-    def __init__(self, run):
-        self.run = run
-        self._failed = False
+    def __init__(self, run, mode: str):
+        self.run, self.mode = run, mode
+        self._failed: set[str] = set()
 
     def _guard(self, action: str, fn, *args) -> None:
-        if self._failed:
-            return
+        """Run a W&B call; a failure is logged once per kind and never raised."""
         try:
             fn(*args)
         except Exception as err:  # W&B must never break training
-            self._failed = True
-            log.warning("W&B %s failed (%s: %s); training continues without W&B logging.", action, type(err).__name__, err)
+            if action not in self._failed:
+                self._failed.add(action)
+                log.warning("W&B %s failed (%s: %s); training continues.", action, type(err).__name__, err)
 
     def update_config(self, values: dict) -> None:
         self._guard("config update", lambda: self.run.config.update(values, allow_val_change=True))
@@ -108,15 +112,64 @@ class WandbTracker(Tracker):
                 if os.path.exists(os.path.join(run_dir, name)):
                     artifact.add_file(os.path.join(run_dir, name))
             self.run.log_artifact(artifact, aliases=["latest"])
+        atomic_write_json(
+            os.path.join(run_dir, TRACKING_FILE),
+            {"run_id": self.run.id, "project": self.run.project, "entity": self.run.entity,
+             "group": self.run.group, "artifact": f"model-{self.run.id}", "mode": self.mode},
+        )
 
-    def use_model(self, reference: str) -> None:
-        self._guard("use_artifact", lambda: self.run.use_artifact(reference, type="model"))
+    def use_model(self, source_dir: str) -> None:
+        self._guard("use_artifact", self._use_model, source_dir)
+
+    def _use_model(self, source_dir: str) -> None:
+        """Declare the source model artifact as this run's input (W&B lineage).
+
+        W&B cannot look artifacts up offline, so an offline run records the
+        reference in its config (`source_model`) instead.
+        """
+        info = read_tracking(source_dir)
+        if info is None:
+            return
+        reference = f"{info['entity']}/{info['project']}/{info['artifact']}:latest" if info.get("entity") else f"{info['artifact']}:latest"
+        self.run.config.update({"source_model": reference, "source_run_dir": os.path.abspath(source_dir)}, allow_val_change=True)
+        if self.mode == "online":
+            self.run.use_artifact(reference, type="model")
+        else:
+            log.info("Offline W&B cannot record lineage; the source model %s is noted in the run config.", reference)
 
     def finish(self) -> None:
         self._guard("finish", self.run.finish)
 
 
-def start(cfg: DictConfig, dist, run_dir: str, job_type: str) -> Tracker:
+def read_tracking(run_dir: str) -> dict | None:
+    path = os.path.join(run_dir, TRACKING_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def source_group(run_dir: str) -> str | None:
+    """The W&B group a source run was logged in: its fine-tunes join it."""
+    info = read_tracking(run_dir)
+    return info["group"] if info else None
+
+
+def download_model(reference: str, root: str) -> str:
+    """Fetch a `model` artifact (`entity/project/name:alias`) into `root`."""
+    try:
+        import wandb
+
+        return wandb.Api().artifact(reference, type="model").download(root=root)
+    except Exception as err:
+        raise UserError(
+            f"could not fetch W&B artifact {reference} ({type(err).__name__}); log in (wandb login) "
+            "or pass finetune.source=<run dir>."
+        ) from err
+
+
+def start(cfg: DictConfig, dist, run_dir: str, job_type: str, group: str | None = None) -> Tracker:
     """A W&B run on the chief (one per job), a no-op tracker elsewhere."""
     logger = cfg.logger
     if not dist.is_chief or logger.name == "none":
@@ -134,7 +187,7 @@ def start(cfg: DictConfig, dist, run_dir: str, job_type: str) -> Tracker:
     settings = dict(
         project=logger.project,
         entity=logger.entity,
-        group=logger.group or os.path.basename(os.path.normpath(run_dir)),
+        group=logger.group or group or os.path.basename(os.path.normpath(run_dir)),
         tags=list(logger.tags or []),
         name=logger.name_,
         notes=logger.notes,
@@ -144,7 +197,8 @@ def start(cfg: DictConfig, dist, run_dir: str, job_type: str) -> Tracker:
     )
     for attempt in (mode, "offline") if mode == "online" else (mode,):
         try:
-            return WandbTracker(wandb.init(mode=attempt, **settings, settings=wandb.Settings(init_timeout=60)))
+            run = wandb.init(mode=attempt, **settings, settings=wandb.Settings(init_timeout=logger.init_timeout))
+            return WandbTracker(run, attempt)
         except Exception as err:  # no network, bad key, service error
             log.warning("W&B init (%s) failed (%s: %s).", attempt, type(err).__name__, err)
     log.warning("Running without W&B logging.")

@@ -168,15 +168,20 @@ def save_run(
     atomic_write_json(os.path.join(directory, METRICS_FILE), metrics)
 
 
+def train_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: tracking.Tracker) -> dict:
+    """Train a classifier from scratch as `cfg` says and write its run dir."""
+    data, vocabulary, vectorizer, _ = load_and_tokenize(cfg, dist)
+    with dist.scope():
+        classifier = build_classifier(cfg.model, len(vocabulary), len(data.label_names))
+    return fit_and_report(cfg, dist, directory, data, vocabulary, vectorizer, classifier, tracker)
+
+
 @hydra_task("train")
 def main(cfg: DictConfig) -> dict:
     dist, directory = start(cfg)
     tracker = tracking.start(cfg, dist, directory, job_type="train")
     try:
-        data, vocabulary, vectorizer, _ = load_and_tokenize(cfg, dist)
-        with dist.scope():
-            classifier = build_classifier(cfg.model, len(vocabulary), len(data.label_names))
-        metrics = fit_and_report(cfg, dist, directory, data, vocabulary, vectorizer, classifier, tracker)
+        metrics = train_run(cfg, dist, directory, tracker)
     finally:
         tracker.finish()
     if dist.is_chief:

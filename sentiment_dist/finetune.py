@@ -1,0 +1,198 @@
+"""`python -m sentiment_dist.finetune`: move a trained classifier to a new domain.
+
+    python -m sentiment_dist.finetune finetune.source=outputs/train/<time> dataset=ecommerce dataset.path=reviews.csv
+
+With `finetune.source=null` (the default) the job first trains the source
+model (`source.dataset`, `source.model`, `source.trainer`) into
+`<run dir>/source`, then fine-tunes it: one command for the whole transfer.
+
+Transfer follows ULMFiT (Howard & Ruder 2018): the source vocabulary is kept
+(or extended) so embedding rows keep their meaning, layer groups can be
+frozen, `gradual` unfreezes one group per epoch from the top, and each group
+trains at its own learning rate (`finetune.lr_multipliers`) with its own
+optimizer, since Adam would undo a plain gradient scaling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import keras
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sentiment_dist import tracking
+from sentiment_dist.config import hydra_task
+from sentiment_dist.data.pipeline import build_vocabulary
+from sentiment_dist.distribute import Distribution
+from sentiment_dist.errors import UserError
+from sentiment_dist.models import GROUPS, build_classifier, group_variables, layer_group
+from sentiment_dist.runs import METRICS_FILE, Run, load_run
+from sentiment_dist.train import fit_and_report, load_and_tokenize, start, train_run
+from sentiment_dist.trainer import ParamGroup
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("frozen", "full", "gradual")
+UNFREEZE_ORDER = ("head", "encoder", "embedding")  # top first
+
+
+def trainable_groups(schedule: str, epoch: int, frozen: set[str]) -> set[str]:
+    """Groups that train in `epoch` (0-based) under `schedule`."""
+    if schedule == "frozen":
+        active = {"head"}
+    elif schedule == "full":
+        active = set(GROUPS)
+    elif schedule == "gradual":
+        active = set(UNFREEZE_ORDER[: epoch + 1])
+    else:
+        raise UserError(f"finetune.schedule={schedule!r} is unknown; use one of {', '.join(SCHEDULES)}.")
+    return active - frozen
+
+
+def extend_vocabulary(source: list[str], target_texts: np.ndarray, max_new_tokens: int) -> list[str]:
+    """The source vocabulary, unchanged, then the most frequent new target tokens."""
+    known = set(source)
+    target = build_vocabulary(target_texts, vocab_size=None)[2:]  # most frequent first
+    new = [token for token in target if token not in known][:max_new_tokens]
+    return list(source) + new
+
+
+def transfer_weights(source: keras.Model, target: keras.Model, reuse_head: bool) -> None:
+    """Copy the source's weights into `target`, layer by layer (matched by name).
+
+    A larger target embedding (extended vocabulary) keeps every source row at
+    its index; new rows start at the mean source embedding, a neutral word.
+    The head is copied only when `reuse_head` (same label set).
+    """
+    for layer in target.layers:
+        if not layer.weights or (layer_group(layer) == "head" and not reuse_head):
+            continue
+        try:
+            weights = source.get_layer(layer.name).get_weights()
+        except ValueError:
+            raise UserError(
+                f"the source model has no layer {layer.name!r}: it is a different model family; "
+                "fine-tune from a run of the same model."
+            ) from None
+        if layer.name == "embedding" and weights[0].shape[0] < layer.get_weights()[0].shape[0]:
+            table = weights[0]
+            extra = layer.get_weights()[0].shape[0] - table.shape[0]
+            new_rows = np.repeat(table[1:].mean(axis=0, keepdims=True), extra, axis=0)
+            weights = [np.concatenate([table, new_rows])]
+        if [w.shape for w in weights] != [w.shape for w in layer.get_weights()]:
+            raise UserError(
+                f"layer {layer.name!r} of the source model has shapes {[w.shape for w in weights]}, "
+                f"not {[tuple(w.shape) for w in layer.get_weights()]}; the source run's config.yaml does not "
+                "match its model.keras, retrain the source."
+            )
+        layer.set_weights(weights)
+
+
+def prepare_source(cfg: DictConfig, dist: Distribution, directory: str, tracker_group: str | None) -> Run:
+    """The source run: given by `finetune.source`, or trained now into `<run dir>/source`."""
+    source_dir = cfg.finetune.source
+    if source_dir is None:
+        source_dir = os.path.join(directory, "source")
+        if os.path.exists(os.path.join(source_dir, METRICS_FILE)):
+            log.info("Reusing the source model already trained in %s.", source_dir)
+        else:
+            source_cfg = source_config(cfg)
+            tracker = tracking.start(source_cfg, dist, source_dir, job_type="train", group=tracker_group)
+            try:
+                train_run(source_cfg, dist, source_dir, tracker)
+            finally:
+                tracker.finish()
+    elif not os.path.isdir(source_dir) and source_dir.count("/") == 2 and ":" in source_dir:
+        # A W&B artifact reference: every rank downloads into its own dir.
+        source_dir = tracking.download_model(source_dir, os.path.join(tempfile.gettempdir(), f"sentiment-dist-source-{dist.rank}"))
+    run = load_run(source_dir)
+    expected = cfg.finetune.expect_model
+    if expected and run.config.model.name != expected:
+        raise UserError(
+            f"the source run {source_dir} is a {run.config.model.name}, not the {expected} that "
+            "finetune.expect_model asks for; pick a matching source run."
+        )
+    return run
+
+
+def source_config(cfg: DictConfig) -> DictConfig:
+    """The config of the in-job source training: `source.*` over the shared keys."""
+    shared = {key: cfg[key] for key in ("seed", "tags", "strategy", "logger", "paths", "task_name")}
+    return OmegaConf.merge(shared, cfg.source)
+
+
+def finetune_run(cfg: DictConfig, dist: Distribution, directory: str, source: Run, tracker: tracking.Tracker) -> dict:
+    """Fine-tune `source` on `cfg.dataset` and write the run dir."""
+    settings = cfg.finetune
+    frozen = set(settings.freeze or [])
+    if unknown := frozen - set(GROUPS):
+        raise UserError(f"finetune.freeze has unknown groups {sorted(unknown)}; use any of {list(GROUPS)}.")
+    with open_dict(cfg):
+        cfg.model = source.config.model  # the architecture is the source's
+    if settings.vocab == "source":
+        vocabulary = source.vectorizer.get_vocabulary()
+    elif settings.vocab == "extend":
+        from sentiment_dist.data import load_dataset
+
+        texts = load_dataset(cfg.dataset).train.texts if dist.is_chief else None
+        vocabulary = dist.broadcast_object(
+            extend_vocabulary(source.vectorizer.get_vocabulary(), texts, settings.extend_max_tokens) if dist.is_chief else None
+        )
+    else:
+        raise UserError(f"finetune.vocab={settings.vocab!r} is unknown; use source or extend.")
+    data, vocabulary, vectorizer, _ = load_and_tokenize(cfg, dist, vocabulary=list(vocabulary))
+    same_labels = data.label_names == source.label_names
+    reuse_head = {"auto": same_labels, "reuse": True, "new": False}[settings.head]
+    if reuse_head and not same_labels:
+        raise UserError(
+            f"finetune.head=reuse needs the source's classes {source.label_names}, the target has "
+            f"{data.label_names}; use finetune.head=auto."
+        )
+    with dist.scope():
+        classifier = build_classifier(cfg.model, len(vocabulary), len(data.label_names))
+        transfer_weights(source.classifier, classifier, reuse_head)
+    variables = group_variables(classifier)
+    multipliers = settings.lr_multipliers
+    groups = [ParamGroup(name, variables[name], float(multipliers[name])) for name in GROUPS]
+    if dist.is_chief:
+        log.info(
+            "Fine-tuning %s from %s: %s vocabulary (%d tokens), %s head, schedule %s, frozen %s, lr multipliers %s",
+            cfg.model.name, source.directory, settings.vocab, len(vocabulary),
+            "reused" if reuse_head else "new", settings.schedule, sorted(frozen) or "none",
+            dict(multipliers),
+        )
+    trainer_ref = {}
+
+    def on_epoch_begin(epoch: int) -> None:
+        active = trainable_groups(settings.schedule, epoch, frozen)
+        if not active:
+            raise UserError("every layer group is frozen in this schedule; remove a group from finetune.freeze.")
+        trainer_ref["trainer"].set_trainable(active)
+
+    return fit_and_report(
+        cfg, dist, directory, data, vocabulary, vectorizer, classifier, tracker,
+        groups=groups, on_epoch_begin=on_epoch_begin, trainer_hook=lambda t: trainer_ref.setdefault("trainer", t),
+    )
+
+
+@hydra_task("finetune")
+def main(cfg: DictConfig) -> dict:
+    dist, directory = start(cfg)
+    group = cfg.logger.get("group") or os.path.basename(os.path.normpath(directory))
+    source = prepare_source(cfg, dist, directory, group)
+    tracker = tracking.start(cfg, dist, directory, job_type="finetune", group=tracking.source_group(source.directory) or group)
+    try:
+        tracker.use_model(source.directory)
+        metrics = finetune_run(cfg, dist, directory, source, tracker)
+    finally:
+        tracker.finish()
+    if dist.is_chief:
+        print(f"Run directory: {os.path.abspath(directory)}", flush=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
