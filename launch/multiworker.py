@@ -12,6 +12,7 @@ with that worker's code, naming the rank. Standard library only.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -19,6 +20,8 @@ import socket
 import subprocess
 import sys
 import time
+
+PR_SET_PDEATHSIG = 1
 
 
 def free_ports(count: int) -> list[int]:
@@ -31,11 +34,18 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def die_with_parent() -> None:
+    """In each worker: get SIGKILL if the launcher dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def stop(processes: list[subprocess.Popen]) -> None:
     for process in processes:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.time() + 10
+    deadline = time.time() + 30
     for process in processes:
         try:
             process.wait(max(0.1, deadline - time.time()))
@@ -57,7 +67,7 @@ def main() -> int:
     processes = []
     for index in range(args.num_workers):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        processes.append(subprocess.Popen(command, env=env, start_new_session=True))
+        processes.append(subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent))
     try:
         while True:
             codes = [process.poll() for process in processes]

@@ -22,23 +22,41 @@ log = logging.getLogger(__name__)
 
 
 class BestWeights(keras.callbacks.Callback):
-    """Keep the best epoch's weights (by `monitor`), restore them at the end,
-    and on the chief save them atomically to `path`."""
+    """Keep the best epoch's weights (by `monitor`) and restore them at the end.
 
-    def __init__(self, monitor: str, path: str | None):
+    Every rank keeps them (its decisions match the chief's: logs are
+    all-reduced); only the chief (`write=True`) saves them, atomically, to
+    `path`, from where a resumed run reloads them.
+    """
+
+    def __init__(self, monitor: str, path: str, write: bool):
         super().__init__()
-        self.monitor, self.path = monitor, path
+        self.monitor, self.path, self.write = monitor, path, write
         self.mode = "max" if "acc" in monitor or "f1" in monitor else "min"
         self.best = -math.inf if self.mode == "max" else math.inf
         self.best_weights = None
 
+    def _better(self, value: float) -> bool:
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def resume(self, epochs: list[dict]) -> None:
+        """Pick up the best of the epochs an interrupted attempt finished."""
+        values = [epoch[self.monitor] for epoch in epochs if self.monitor in epoch]
+        if not values or not os.path.exists(self.path):
+            return
+        self.best = max(values) if self.mode == "max" else min(values)
+        current = self.model.get_weights()
+        self.model.load_weights(self.path)
+        self.best_weights = self.model.get_weights()
+        self.model.set_weights(current)
+
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None:
-            raise KeyError(f"trainer.best_monitor={self.monitor!r} is not one of {sorted(logs or {})}")
-        if (value > self.best) if self.mode == "max" else (value < self.best):
+            raise UserError(f"trainer.best_monitor={self.monitor} is not a logged metric; use one of {sorted(logs or {})}.")
+        if self._better(value):
             self.best, self.best_weights = value, self.model.get_weights()
-            if self.path:
+            if self.write:
                 atomic_write(self.path, self.model.save_weights)
 
     def on_train_end(self, logs=None):
@@ -67,7 +85,7 @@ class LearningRateWarmup(keras.callbacks.Callback):
 
 
 def make_callbacks(
-    cfg: DictConfig, base_rate: float, effective_rate: float, steps: int, best_path: str | None
+    cfg: DictConfig, base_rate: float, effective_rate: float, steps: int, best_path: str, is_chief: bool
 ) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = []
     if cfg.warmup_epochs and effective_rate != base_rate:
@@ -89,7 +107,7 @@ def make_callbacks(
                 min_delta=cfg.early_stopping.min_delta,
             )
         )
-    callbacks.append(BestWeights(cfg.best_monitor, best_path))
+    callbacks.append(BestWeights(cfg.best_monitor, best_path, write=is_chief))
     return callbacks
 
 

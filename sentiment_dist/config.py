@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -31,8 +32,9 @@ log = logging.getLogger(__name__)
 # conf/ sits beside the package in a checkout; an installed copy (Docker)
 # points at it with SENTIMENT_DIST_CONF.
 CONFIG_DIR = os.environ.get("SENTIMENT_DIST_CONF", str(Path(__file__).resolve().parent.parent / "conf"))
-# Files Hydra writes into a run dir before the task starts.
-_HYDRA_ONLY = {".hydra"}
+# What a run dir holds before training writes anything: Hydra's config and
+# log, W&B's run. A failed run with only these is removed.
+_SCAFFOLDING = {".hydra", "wandb"}
 
 
 def _scratch_dir() -> str:
@@ -41,10 +43,12 @@ def _scratch_dir() -> str:
 
 def register_resolvers() -> None:
     """`sd_run_dir`: the given dir on the chief, a scratch dir on other ranks;
-    `sd_chief_only`: the value on the chief, null elsewhere."""
+    `sd_chief_only`: the value on the chief, null elsewhere; `sd_chief_file`:
+    the path on the chief, the null device elsewhere (the log file)."""
     if not OmegaConf.has_resolver("sd_run_dir"):
         OmegaConf.register_new_resolver("sd_run_dir", lambda path: path if is_launch_chief() else _scratch_dir())
         OmegaConf.register_new_resolver("sd_chief_only", lambda value: value if is_launch_chief() else None)
+        OmegaConf.register_new_resolver("sd_chief_file", lambda path: path if is_launch_chief() else os.devnull)
 
 
 def run_dir() -> str:
@@ -53,10 +57,10 @@ def run_dir() -> str:
 
 
 def _is_disposable(directory: str) -> bool:
-    """True when `directory` holds only what Hydra wrote before the task ran."""
+    """True when `directory` holds only scaffolding: nothing to resume or read."""
     if not os.path.isdir(directory):
         return False
-    return all(name in _HYDRA_ONLY or name.endswith(".log") for name in os.listdir(directory))
+    return all(name in _SCAFFOLDING or name.endswith(".log") for name in os.listdir(directory))
 
 
 def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
@@ -66,15 +70,24 @@ def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
         @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
         def hydra_main(cfg: DictConfig) -> Any:
             directory = run_dir()
+            # A launcher stopping this rank (a peer failed) sends SIGTERM:
+            # exit through the cleanup below instead of dying mid-way.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+            finished = False
             try:
-                return task(cfg)
+                result = task(cfg)
+                finished = True
+                return result
             except UserError as err:
                 print(f"error: {err}", file=sys.stderr, flush=True)
-                if is_launch_chief() and _is_disposable(directory):
-                    shutil.rmtree(directory, ignore_errors=True)
                 sys.exit(EXIT_USER_ERROR)  # SystemExit passes through Hydra's handler
             finally:
                 if not is_launch_chief():
+                    # Only ever the scratch dir: with hydra.run.dir=... set by
+                    # hand, a worker's output dir is the chief's run dir.
+                    if directory == _scratch_dir():
+                        shutil.rmtree(directory, ignore_errors=True)
+                elif not finished and _is_disposable(directory):
                     shutil.rmtree(directory, ignore_errors=True)
 
         @functools.wraps(task)

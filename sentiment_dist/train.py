@@ -119,8 +119,7 @@ def fit_and_report(
     checkpoint_dir, best_path = checkpoint_paths(directory)
     steps = len(data.train) // trainer.global_batch
     callbacks = make_callbacks(
-        cfg.trainer, float(cfg.trainer.learning_rate), trainer.base_learning_rate, steps,
-        best_path if dist.is_chief else None,
+        cfg.trainer, float(cfg.trainer.learning_rate), trainer.base_learning_rate, steps, best_path, dist.is_chief
     )
     callbacks.append(tracking.EpochLogger(tracker))
     history = trainer.fit(

@@ -174,6 +174,9 @@ class Trainer:
 
     # -- set-up -----------------------------------------------------------
     def _effective_learning_rate(self) -> float:
+        rate = self.cfg.learning_rate
+        if not isinstance(rate, int | float) or not 0 < rate < math.inf:
+            raise UserError(f"trainer.learning_rate={rate!r} must be a positive number, e.g. 0.001.")
         scaling = self.cfg.lr_scaling
         if scaling == "none":
             return float(self.cfg.learning_rate)
@@ -274,6 +277,9 @@ class Trainer:
             steps=steps,
         )
         self.model.stop_training = False
+        for callback in callbacks:
+            if hasattr(callback, "resume") and history.epochs:
+                callback.resume(history.epochs)
         callback_list.on_train_begin()
         for epoch in range(first_epoch, epochs):
             if on_epoch_begin is not None:
@@ -288,13 +294,17 @@ class Trainer:
                 callback_list.on_train_batch_begin(step)
                 totals += self._train_step(batch).numpy()
                 loss = totals[0] / totals[2]
-                callback_list.on_train_batch_end(step, {"loss": loss, "accuracy": totals[1] / totals[2]})
+                callback_list.on_train_batch_end(step, {"loss": loss, "accuracy": totals[1] / max(totals[2], 1)})
                 if not math.isfinite(loss):
                     self.model.stop_training = True
                     raise TrainingDiverged(
                         f"the training loss became {loss} at epoch {epoch + 1}, step {step + 1}; lower "
                         "trainer.learning_rate or set trainer.gradient_clip_norm"
-                        + (f" (the last good checkpoint is in {checkpoint.directory})" if checkpoint else "")
+                        + (
+                            f" (the last good checkpoint, kept, is in {checkpoint.directory})"
+                            if checkpoint and tf.train.latest_checkpoint(checkpoint.directory)
+                            else ""
+                        )
                         + "."
                     )
             seconds = time.perf_counter() - started

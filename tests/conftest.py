@@ -38,7 +38,7 @@ def run(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None,
 
 def quiet(text: str) -> str:
     """Output without TensorFlow's C++ start-up lines."""
-    return "\n".join(line for line in text.splitlines() if not line[:5] in ("E0000", "W0000", "I0000", "WARNI"))
+    return "\n".join(line for line in text.splitlines() if line[:5] not in ("E0000", "W0000", "I0000", "WARNI"))
 
 
 def module(name: str, *overrides: str) -> list[str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import REPO, module, run
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, module, run
 from sentiment_dist.config import CONFIG_DIR, register_resolvers
 
 CONF = Path(CONFIG_DIR)

@@ -16,7 +16,6 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
-
 from conftest import horovodrun, module, multiworker, run
 
 GLOBAL_BATCH = 32

@@ -9,9 +9,9 @@ import shutil
 import keras
 import numpy as np
 import pytest
+from conftest import horovodrun, module, read_json, run
 from omegaconf import OmegaConf
 
-from conftest import horovodrun, module, read_json, run
 from sentiment_dist.config import CONFIG_DIR
 from sentiment_dist.data.pipeline import make_vectorizer
 from sentiment_dist.distribute import Distribution

@@ -13,7 +13,14 @@ from omegaconf import OmegaConf
 from sentiment_dist.config import CONFIG_DIR
 from sentiment_dist.data.pipeline import make_vectorizer
 from sentiment_dist.errors import UserError
-from sentiment_dist.models import ENCODERS, GROUPS, build_classifier, group_variables, inference_model, per_example_loss
+from sentiment_dist.models import (
+    ENCODERS,
+    GROUPS,
+    build_classifier,
+    group_variables,
+    inference_model,
+    per_example_loss,
+)
 
 
 def model_cfg(option: str, **overrides):

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 import wandb_records as wr
 from conftest import TINY, cli_env, horovodrun, module, read_json, run
 

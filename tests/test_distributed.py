@@ -1,0 +1,82 @@
+"""Distributed jobs end to end on CPU: one run dir, all the data, chief-only
+output, and a crashing worker failing the whole job cleanly."""
+
+from __future__ import annotations
+
+import glob
+import tempfile
+
+import pytest
+from conftest import TINY, cli_env, horovodrun, module, multiworker, only_run_dir, read_json, run
+
+NUM_TEST = 256  # debug=tiny
+JOBS = {
+    "mirrored": lambda: module("train", *TINY, "trainer.verbose=true", "strategy=mirrored", "strategy.cpu_devices=2", "trainer.batch_size=16"),
+    "multiworker": lambda: multiworker(2) + module("train", *TINY, "trainer.verbose=true", "strategy=multiworker", "trainer.batch_size=16"),
+    "horovod": lambda: horovodrun() + module("train", *TINY, "trainer.verbose=true", "strategy=horovod", "trainer.batch_size=16"),
+}
+
+
+def scratch_dirs() -> set[str]:
+    return set(glob.glob(f"{tempfile.gettempdir()}/sentiment-dist-*"))
+
+
+@pytest.mark.parametrize("strategy", sorted(JOBS))
+def test_a_distributed_job_makes_one_run_dir_from_all_the_data(strategy, tmp_path, request):
+    if strategy == "horovod":
+        request.getfixturevalue("horovod_available")
+    before = scratch_dirs()
+    result = run(JOBS[strategy](), cwd=tmp_path)
+    run_dir = only_run_dir(tmp_path / "outputs")
+    assert len(list((tmp_path / "outputs" / "train").iterdir())) == 1
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["test"]["examples"] == NUM_TEST  # every test example, once
+    assert sum(metrics["test"]["per_class"][name]["support"] for name in metrics["test"]["label_names"]) == NUM_TEST
+    assert metrics["environment"]["num_replicas"] == 2 and metrics["environment"]["global_batch_size"] == 32
+    assert metrics["test"]["accuracy"] > 0.6
+    # The chief alone prints progress and the run dir; ranks agree on it.
+    assert result.stdout.count("Epoch 1/2") == 1 and result.stdout.count("Run directory:") == 1
+    assert result.stdout.count("Strategy ") == 1
+    assert "global batch 32" in result.stdout
+    assert scratch_dirs() <= before, "a worker left its scratch dir behind"
+
+
+# Rank 1 dies (os._exit, like a segfault or OOM kill) when training starts,
+# after the chief has made its run dir: patched in when the trainer is imported.
+CRASH_RANK_1 = """
+import importlib.abc, importlib.machinery, json, os, sys
+rank = os.environ.get("HOROVOD_RANK") or str(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))
+
+class CrashOnFit(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "sentiment_dist.trainer":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+        def exec_module(module):
+            load(module)
+            def fit(*args, **kwargs):
+                sys.stderr.write("simulated crash on rank 1\\n")
+                os._exit(3)
+            module.Trainer.fit = fit
+        spec.loader.exec_module = exec_module
+        return spec
+
+if rank == "1":
+    sys.meta_path.insert(0, CrashOnFit())
+"""
+
+
+@pytest.mark.parametrize("strategy", ["multiworker", "horovod"])
+def test_a_crashing_worker_fails_the_job_and_leaves_no_run_dir(strategy, tmp_path, request):
+    if strategy == "horovod":
+        request.getfixturevalue("horovod_available")
+    (tmp_path / "crash").mkdir()
+    (tmp_path / "crash" / "sitecustomize.py").write_text(CRASH_RANK_1)
+    result = run(JOBS[strategy](), cwd=tmp_path, env=cli_env(PYTHONPATH=str(tmp_path / "crash")), check=False, timeout=240)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "worker 1 failed with exit code 3" in output or "Process 1 exit with status code 3" in output
+    assert not list((tmp_path / "outputs").rglob("metrics.json")) if (tmp_path / "outputs").exists() else True
+    leftovers = [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()] if (tmp_path / "outputs").exists() else []
+    assert leftovers == [], f"half-written run dir: {leftovers}"

@@ -1,0 +1,103 @@
+"""Resume after SIGKILL, under every strategy; NaN stops with a clear message."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import TINY, cli_env, horovodrun, module, multiworker, read_json, run
+from omegaconf import OmegaConf
+
+from sentiment_dist.config import CONFIG_DIR
+from sentiment_dist.data.pipeline import TokenizedSplit
+from sentiment_dist.distribute import Distribution
+from sentiment_dist.models import build_classifier
+from sentiment_dist.trainer import Trainer, TrainingDiverged
+
+
+def model_cfg():
+    cfg = OmegaConf.load(f"{CONFIG_DIR}/model/lstm.yaml")
+    cfg.merge_with({"sequence_length": 10, "embedding_dim": 6, "units": 4, "dropout": 0.0})
+    return cfg
+
+EPOCHS = 3
+LONG_EPOCHS = [*TINY, "dataset.num_train=3072", f"trainer.epochs={EPOCHS}", "trainer.early_stopping.patience=null"]
+LAUNCH = {
+    "single": lambda args: module("train", *args),
+    "mirrored": lambda args: module("train", *args, "strategy=mirrored", "strategy.cpu_devices=2", "trainer.batch_size=16"),
+    "multiworker": lambda args: multiworker(2) + module("train", *args, "strategy=multiworker", "trainer.batch_size=16"),
+    "horovod": lambda args: horovodrun() + module("train", *args, "strategy=horovod", "trainer.batch_size=16"),
+}
+
+
+def kill_after_first_epoch(command: list[str], run_dir, cwd) -> None:
+    process = subprocess.Popen(command, cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = run_dir / "checkpoints" / "ckpt-1.index"
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert process.poll() is None, f"training ended (code {process.returncode}) before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint after 240 s"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.parametrize("strategy", sorted(LAUNCH))
+def test_sigkill_after_the_first_epoch_then_rerun_finishes_the_run(strategy, tmp_path, request):
+    if strategy == "horovod":
+        request.getfixturevalue("horovod_available")
+    run_dir = tmp_path / "run"
+    command = LAUNCH[strategy]([*LONG_EPOCHS, f"hydra.run.dir={run_dir}"])
+    kill_after_first_epoch(command, run_dir, tmp_path)
+    assert not (run_dir / "metrics.json").exists()
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    assert latest is not None  # what the killed attempt left is loadable
+    tf.train.load_checkpoint(latest)
+
+    result = run(command, cwd=tmp_path)
+    assert "Resuming from" in result.stdout
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["epochs_run"] == EPOCHS
+    assert read_json(run_dir / "history.json")["epoch"] == [1, 2, 3]
+    assert not list(run_dir.rglob(".tmp-*")), "a temporary file was left behind"
+
+
+def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Epoch 1 is good and checkpointed; epoch 2 meets NaN example weights."""
+    keras.utils.set_random_seed(0)
+    model = build_classifier(model_cfg(), vocab_size=20, num_classes=2)
+    cfg = OmegaConf.load(f"{CONFIG_DIR}/trainer/default.yaml")
+    cfg.merge_with({"batch_size": 8, "early_stopping": {"patience": None}, "lr_on_plateau": {"patience": None}})
+    trainer = Trainer(Distribution(OmegaConf.create({"name": "single"})), model, 2, cfg, seed=0)
+    rng = np.random.default_rng(0)
+    tokens, labels = rng.integers(1, 20, size=(32, 10)).astype("int32"), rng.integers(0, 2, 32).astype("int32")
+    good = TokenizedSplit(tokens, labels, np.ones(32, "float32"))
+    poisoned = TokenizedSplit(tokens, labels, np.full(32, np.nan, "float32"))
+    checkpoints = str(tmp_path / "checkpoints")
+    trainer.fit(good, good, epochs=1, callbacks=[], checkpoint_dir=checkpoints, verbose=False)
+    kept = tf.train.latest_checkpoint(checkpoints)
+    with pytest.raises(TrainingDiverged, match=r"became nan at epoch 2, step 1; lower trainer.learning_rate .* kept, is in"):
+        trainer.fit(poisoned, good, epochs=2, callbacks=[], checkpoint_dir=checkpoints, verbose=False)
+    assert tf.train.latest_checkpoint(checkpoints) == kept
+
+
+def test_a_bad_learning_rate_is_a_user_error(tmp_path):
+    result = run(module("train", *TINY, "trainer.learning_rate=fast"), cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "trainer.learning_rate='fast' must be a positive number" in result.stderr
+
+
+def test_checkpoints_are_kept_when_a_resumed_run_fails(tmp_path):
+    """A failure after a good epoch leaves that epoch's checkpoint to resume from."""
+    run_dir = tmp_path / "run"
+    base = [*TINY, "trainer.early_stopping.patience=null", f"hydra.run.dir={run_dir}"]
+    run(module("train", *base, "trainer.epochs=1"), cwd=tmp_path)
+    good = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    result = run(module("train", *base, "trainer.epochs=2", "dataset=csv", "dataset.path=missing.csv"), cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "missing.csv does not exist" in result.stderr
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")) == good
