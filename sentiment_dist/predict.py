@@ -1,6 +1,8 @@
-"""`sentiment-predict RUN_DIR [TEXT ...]`: label and probability per line of raw text.
+"""`sentiment-predict MODEL [TEXT ...]`: label and probability per line of raw text.
 
-Texts come from the arguments, from `--file`, or from stdin (one per line).
+MODEL is a run directory (its `model.keras`), an exported SavedModel
+directory, or an exported `.tflite` file (see `sentiment-export`). Texts come
+from the arguments, from `--file`, or from stdin (one per line).
 """
 
 from __future__ import annotations
@@ -36,10 +38,58 @@ def label_rows(probabilities, label_names: list[str]) -> list[tuple[str, float]]
     return rows
 
 
+def _read_labels(directory: str) -> list[str]:
+    import json
+
+    path = os.path.join(directory, "labels.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} is missing; export the model with sentiment-export.")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)["label_names"]
+
+
+def load_predictor(path: str, batch_size: int):
+    """(texts -> probabilities, label names) for a run dir, SavedModel or TFLite file."""
+    import numpy as np
+    import tensorflow as tf
+
+    def batched(fn):
+        def predict(texts: list[str]):
+            return np.concatenate([fn(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+
+        return predict
+
+    if path.endswith(".tflite"):
+        if not os.path.isfile(path):
+            raise UserError(f"{path} does not exist; write it with sentiment-export RUN_DIR --tflite.")
+        from sentiment_dist.data.pipeline import load_vocabulary, make_vectorizer
+
+        directory = os.path.dirname(os.path.abspath(path))
+        interpreter = tf.lite.Interpreter(model_path=path)
+        runner = interpreter.get_signature_runner()
+        (input_name,) = runner.get_input_details()
+        length = int(runner.get_input_details()[input_name]["shape"][1])
+        vectorizer = make_vectorizer(length, load_vocabulary(directory))
+
+        def predict_tflite(texts):  # the TFLite model takes one row of token ids
+            tokens = vectorizer(tf.constant(texts)).numpy().astype(np.int32)
+            return np.concatenate([next(iter(runner(**{input_name: row[None]}).values())) for row in tokens])
+
+        return predict_tflite, _read_labels(directory)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        serve = tf.saved_model.load(path).signatures["serving_default"]
+        directory = os.path.dirname(os.path.abspath(path))
+        return batched(lambda texts: serve(text=tf.constant(texts))["probabilities"].numpy()), _read_labels(directory)
+    from sentiment_dist.runs import load_run
+
+    run = load_run(path)
+    return batched(lambda texts: run.model(tf.constant(texts)[:, None], training=False).numpy()), run.label_names
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sentiment-predict", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", help="a finished run directory (holds model.keras)")
+    parser.add_argument("model", help="a run directory, an exported saved_model/ directory, or a .tflite file")
     parser.add_argument("texts", nargs="*", help="texts to classify (default: --file or stdin)")
     parser.add_argument("--file", help="a UTF-8 text file, one text per line")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -47,19 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     texts = read_texts(args)
     if not texts:
         raise UserError("no text to classify; pass texts as arguments, --file, or lines on stdin.")
-    import numpy as np
-    import tensorflow as tf
-
-    from sentiment_dist.runs import load_run
-
-    run = load_run(args.run_dir)
-    probabilities = np.concatenate(
-        [
-            run.model(tf.constant(texts[start : start + args.batch_size])[:, None], training=False).numpy()
-            for start in range(0, len(texts), args.batch_size)
-        ]
-    )
-    for text, (label, probability) in zip(texts, label_rows(probabilities, run.label_names), strict=True):
+    predict, label_names = load_predictor(args.model, args.batch_size)
+    for text, (label, probability) in zip(texts, label_rows(predict(texts), label_names), strict=True):
         print(f"{label}\t{probability:.4f}\t{text}")
 
 

@@ -1,0 +1,122 @@
+"""The real CLIs end to end on tiny synthetic data: train, evaluate, predict,
+export, and what a user sees when the input is wrong."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from conftest import PYTHON, TINY, cli_env, module, only_run_dir, read_json, run
+
+RUN_FILES = ("config.yaml", "model.keras", "vocabulary.txt", "labels.json", "metrics.json", "history.json",
+             "confusion_matrix.png", "training_curves.png")
+SAMPLE = ["the acting was not good at all", "boring at first, but the ending was wonderful", "an absolutely superb film"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    result = run(module("train", *TINY, "trainer.epochs=4", "dataset.num_train=2048"), cwd=out)
+    run_dir = only_run_dir(out / "outputs")
+    assert f"Run directory: {run_dir}" in result.stdout
+    return run_dir
+
+
+def test_train_writes_a_complete_run_dir(trained):
+    for name in RUN_FILES:
+        assert (trained / name).is_file(), name
+    metrics = read_json(trained / "metrics.json")
+    test = metrics["test"]
+    assert test["examples"] == 256 and set(test["per_class"]) == {"negative", "positive"}
+    assert sum(sum(row) for row in test["confusion_matrix"]) == 256
+    assert 0 <= test["macro_f1"] <= 1 and test["accuracy"] > 0.75  # well above chance (0.5)
+    assert read_json(trained / "history.json")["epoch"][-1] >= 1
+    assert not list(trained.rglob(".tmp-*"))
+
+
+def test_same_seed_same_config_same_metrics(trained, tmp_path):
+    run(module("train", *TINY, "trainer.epochs=4", "dataset.num_train=2048", f"hydra.run.dir={tmp_path}/again"), cwd=tmp_path)
+    first, second = read_json(trained / "metrics.json")["test"], read_json(tmp_path / "again" / "metrics.json")["test"]
+    assert first["confusion_matrix"] == second["confusion_matrix"]
+    assert first["loss"] == pytest.approx(second["loss"], abs=1e-6)
+
+
+def test_evaluate_reproduces_the_test_metrics(trained, tmp_path):
+    result = run(module("evaluate", f"run_dir={trained}"), cwd=tmp_path)
+    (out,) = (tmp_path / "outputs" / "evaluate").iterdir()
+    evaluated = read_json(out / "metrics.json")["test"]
+    assert evaluated["confusion_matrix"] == read_json(trained / "metrics.json")["test"]["confusion_matrix"]
+    assert "macro-F1" in result.stdout
+
+
+def test_evaluate_on_data_with_other_labels_is_a_user_error(trained, tmp_path):
+    result = run(module("evaluate", f"run_dir={trained}", "dataset=synthetic_ecommerce", "dataset.num_classes=3"), cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "differ from the model's" in result.stderr
+
+
+def predicted_labels(stdout: str) -> list[str]:
+    return [line.split("\t")[0] for line in stdout.splitlines() if "\t" in line]
+
+
+def test_predict_from_arguments_file_and_stdin(trained, tmp_path):
+    from_args = run(module("predict", str(trained), *SAMPLE), cwd=tmp_path).stdout
+    rows = [line.split("\t") for line in from_args.splitlines()]
+    assert [row[2] for row in rows] == SAMPLE
+    assert all(row[0] in ("negative", "positive") and 0.5 <= float(row[1]) <= 1 for row in rows)
+    (tmp_path / "reviews.txt").write_text("\n".join(SAMPLE) + "\n")
+    from_file = run(module("predict", str(trained), "--file", str(tmp_path / "reviews.txt")), cwd=tmp_path).stdout
+    from_stdin = subprocess.run(module("predict", str(trained)), input="\n".join(SAMPLE), capture_output=True, text=True, env=cli_env(), cwd=tmp_path).stdout
+    assert from_args == from_file == from_stdin
+
+
+def test_export_savedmodel_and_tflite_give_the_same_labels(trained, tmp_path):
+    out = tmp_path / "export"
+    run(module("export", str(trained), "--out", str(out), "--tflite"), cwd=tmp_path)
+    reference = run(module("predict", str(trained), *SAMPLE), cwd=tmp_path).stdout
+    for model in (out / "saved_model", out / "model.tflite", out / "model_dynamic_range.tflite"):
+        assert predicted_labels(run(module("predict", str(model), *SAMPLE), cwd=tmp_path).stdout) == predicted_labels(reference), model
+
+
+def test_saved_model_takes_raw_strings_and_loads_in_safe_mode(trained):
+    script = (
+        "import keras, tensorflow as tf, sys;"
+        f"m = keras.models.load_model('{trained}/model.keras', safe_mode=True);"
+        "print(m(tf.constant([['a fine film'], ['awful']])).shape)"
+    )
+    assert "(2, 1)" in run([PYTHON, "-c", script], cwd=trained).stdout
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["dataset=csv", "dataset.path=nowhere.csv"], "nowhere.csv does not exist"),
+        (["trainer.class_weight=heavy"], "trainer.class_weight='heavy' is unknown"),
+        (["dataset.num_train=8", "trainer.batch_size=32"], "fewer than one global batch"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_leaves_no_run_dir(tmp_path, overrides, message):
+    result = run(module("train", *TINY, *overrides), cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert not (tmp_path / "outputs").exists() or not any(p.is_file() for p in (tmp_path / "outputs").rglob("*"))
+
+
+def test_a_csv_with_missing_column_names_the_columns_that_exist(tmp_path):
+    (tmp_path / "reviews.csv").write_text("body,stars\nlovely,5\nawful,1\n")
+    result = run(module("train", *TINY, "dataset=csv", "dataset.path=reviews.csv"), cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "has no column 'text'" in result.stderr and "'body'" in result.stderr
+
+
+def test_predict_errors_are_one_sentence(tmp_path):
+    result = run(module("predict", str(tmp_path / "missing"), "a review"), cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_multirun_sweep_runs_each_member(tmp_path):
+    run(module("train", "-m", *TINY, "trainer.epochs=1", "model=lstm,bilstm"), cwd=tmp_path)
+    metrics = sorted((tmp_path / "outputs").rglob("metrics.json"))
+    assert len(metrics) == 2
+    assert {read_json(p.parent / "labels.json")["label_names"][0] for p in metrics} == {"negative"}
