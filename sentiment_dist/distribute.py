@@ -345,8 +345,12 @@ class HorovodDistribution(Distribution):
         return self.hvd.broadcast_object(obj, root_rank=0) if self.world_size > 1 else obj
 
     def broadcast_variables(self, variables: list) -> None:
+        # hvd.broadcast_variables assigns through tf.Variable internals that
+        # Keras 3 variables lack; broadcasting values and assigning works for both.
         if self.world_size > 1:
-            self.hvd.broadcast_variables(variables, root_rank=0)
+            for index, variable in enumerate(variables):
+                value = self.hvd.broadcast(tf.convert_to_tensor(variable), root_rank=0, name=f"broadcast_{index}")
+                variable.assign(value)
 
     def shutdown(self) -> None:
         self.hvd.shutdown()

@@ -38,7 +38,7 @@ LAUNCH = {
 
 def kill_after_first_epoch(command: list[str], run_dir, cwd) -> None:
     process = subprocess.Popen(command, cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    marker = run_dir / "checkpoints" / "ckpt-1.index"
+    marker = run_dir / "checkpoints" / "checkpoint"  # CheckpointManager's state: written after ckpt-1
     deadline = time.time() + 240
     while not marker.exists():
         assert process.poll() is None, f"training ended (code {process.returncode}) before its first checkpoint"

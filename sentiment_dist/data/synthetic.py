@@ -1,0 +1,217 @@
+"""Deterministic synthetic reviews whose labels depend on word order.
+
+The offline stand-in for IMDB (domain "movies") and product reviews (domain
+"ecommerce"). Both domains share one sentiment language (adjectives,
+intensifiers, "not", "but", "although") and differ only in topic words and
+filler sentences, so a model trained on one domain transfers to the other.
+
+A review is a few aspect sentences plus fillers. Its score is the mean of its
+aspect sentences' scores, and the label buckets that score. The rules make
+order matter, so a bag of words cannot match a sequence model:
+
+* "not" flips and halves the adjective right after it (an intensifier may sit
+  between): "not very good" is negative, "not bad" mildly positive;
+* in a contrast the conceded clause counts a quarter: "wonderful at first, but
+  the ending was boring" and "although the plot was wonderful, the ending was
+  boring" are negative, though their words also make a positive review.
+
+`score_text` computes the score from the text alone: it is the written rule,
+and the tests check every generated label against it. Labels carry no noise:
+reviews whose score lies within `MARGIN` of a class boundary are never drawn,
+so each label is decidable from the text with room to spare.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from omegaconf import DictConfig
+
+from sentiment_dist.data.types import LabeledData, Split
+from sentiment_dist.errors import UserError
+
+DOMAINS = ("movies", "ecommerce")
+LABEL_NAMES: dict[int, list[str]] = {
+    2: ["negative", "positive"],
+    3: ["negative", "neutral", "positive"],
+    5: ["very negative", "negative", "neutral", "positive", "very positive"],
+}
+# Class boundaries on the score, chosen near the score's quantiles so that the
+# balancing draw (see `_draw`) rarely has to sample more.
+THRESHOLDS = {2: [0.0], 3: [-0.29, 0.29], 5: [-0.81, -0.19, 0.19, 0.81]}
+MARGIN = 0.05
+
+ADJECTIVES = {
+    "wonderful": 2.0, "excellent": 2.0, "superb": 2.0, "brilliant": 2.0, "fantastic": 2.0, "outstanding": 2.0,
+    "good": 1.0, "great": 1.0, "enjoyable": 1.0, "solid": 1.0, "nice": 1.0, "impressive": 1.0,
+    "decent": 0.5, "fine": 0.4, "okay": 0.3, "average": 0.0, "forgettable": -0.4, "mediocre": -0.5,
+    "bad": -1.0, "boring": -1.0, "disappointing": -1.0, "weak": -1.0, "dull": -1.0, "poor": -1.0,
+    "awful": -2.0, "terrible": -2.0, "horrible": -2.0, "dreadful": -2.0, "atrocious": -2.0, "unbearable": -2.0,
+}  # fmt: skip
+MODIFIERS = {"very": 1.5, "really": 1.5, "absolutely": 1.5, "extremely": 1.5, "truly": 1.5,
+             "somewhat": 0.5, "fairly": 0.5, "slightly": 0.5}  # fmt: skip
+NEGATION = -0.5
+WEAK_CLAUSE = 0.25
+SENTIMENT_WORDS = frozenset(ADJECTIVES) | frozenset(MODIFIERS) | {"not", "but", "although", "at", "first"}
+
+TOPICS = {
+    "movies": ["the plot", "the acting", "the soundtrack", "the director", "the ending", "the cast",
+               "the dialogue", "the cinematography", "the pacing", "the script", "the special effects",
+               "the lead actor", "the villain", "the costumes", "the story", "the opening scene"],
+    "ecommerce": ["the battery", "the delivery", "the packaging", "the fabric", "the price", "customer service",
+                  "the screen", "the fit", "the build quality", "the instructions", "the zipper",
+                  "the charger", "the sound quality", "the material", "the checkout", "the warranty"],
+}  # fmt: skip
+FILLERS = {
+    "movies": ["i watched it with friends last weekend.", "we saw it at the cinema on a rainy evening.",
+               "it runs for about two hours.", "i had read the book before seeing it.",
+               "my sister recommended this film to me.", "it came out last year."],
+    "ecommerce": ["i ordered it for my kitchen last month.", "i bought this as a gift for my brother.",
+                  "it arrived on a tuesday morning.", "i have used it every day for two weeks.",
+                  "i compared a few brands before buying.", "the seller shipped it from another city."],
+}  # fmt: skip
+# Words only one domain uses: its topic nouns (fillers share function words).
+TOPIC_WORDS = {d: frozenset(w for t in TOPICS[d] for w in t.split()) - {"the"} for d in DOMAINS}
+
+# Sentence shapes: {t1}/{p1} is the conceded clause of a contrast, {t2}/{p2} the one that counts.
+TEMPLATES = [
+    ("{t2} was {p2}.", False), ("{t2} felt {p2}.", False), ("i thought {t2} was {p2}.", False),
+    ("honestly, {t2} was {p2}.", False),
+    ("{t1} was {p1} at first, but {t2} was {p2}.", True), ("{p1} at first, but {t2} was {p2}.", True),
+    ("{t1} was {p1}, but {t2} was {p2}.", True), ("although {t1} was {p1}, {t2} was {p2}.", True),
+]  # fmt: skip
+TEMPLATE_P = np.array([0.1, 0.1, 0.1, 0.1, 0.15, 0.15, 0.15, 0.15])
+P_NOT = 0.35
+MODIFIER_P = np.array([0.6] + [0.3 / 5] * 5 + [0.1 / 3] * 3)  # none, intensifiers, downtoners
+MAX_SENTENCES = 5
+
+_ADJ = list(ADJECTIVES)
+_MOD = [""] + [m + " " for m in MODIFIERS]
+_PHRASES = np.array([neg + mod + adj for neg in ("", "not ") for mod in _MOD for adj in _ADJ], dtype=object)
+_PHRASE_VALUES = np.array([(NEGATION if neg else 1.0) * (MODIFIERS.get(mod.strip(), 1.0)) * ADJECTIVES[adj]
+                           for neg in (0, 1) for mod in _MOD for adj in _ADJ])  # fmt: skip
+_CONTRAST = np.array([c for _, c in TEMPLATES])
+
+
+def score_text(text: str) -> float:
+    """The review's score from its words: the rule every generated label follows."""
+    scores = []
+    for sentence in text.split("."):
+        words = sentence.replace(",", " ,").split()
+        if not any(w in ADJECTIVES for w in words):
+            continue  # filler
+        cut = words.index("but") if "but" in words else words.index(",") if words[:1] == ["although"] else 0
+        scores.append(WEAK_CLAUSE * _phrases_score(words[:cut]) + _phrases_score(words[cut:]))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def _phrases_score(words: list[str]) -> float:
+    total = 0.0
+    for i, word in enumerate(words):
+        if word in ADJECTIVES:
+            value, j = ADJECTIVES[word], i - 1
+            if j >= 0 and words[j] in MODIFIERS:
+                value, j = value * MODIFIERS[words[j]], j - 1
+            total += value * (NEGATION if j >= 0 and words[j] == "not" else 1.0)
+    return total
+
+
+def bucket(scores: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class of each score under `THRESHOLDS[num_classes]`."""
+    return np.searchsorted(THRESHOLDS[num_classes], scores).astype(np.int32)
+
+
+def _sample(rng: np.random.Generator, m: int) -> dict[str, np.ndarray]:
+    """Structure and score of `m` reviews as index arrays; no strings yet, so it is cheap."""
+    slots = (m, MAX_SENTENCES, 2)
+    phrase = (rng.random(slots) < P_NOT) * (len(_MOD) * len(_ADJ)) \
+        + rng.choice(len(_MOD), slots, p=MODIFIER_P) * len(_ADJ) + rng.integers(0, len(_ADJ), slots)
+    template = rng.choice(len(TEMPLATES), slots[:2], p=TEMPLATE_P)
+    value = _PHRASE_VALUES[phrase]
+    sentence = np.where(_CONTRAST[template], WEAK_CLAUSE * value[..., 0], 0.0) + value[..., 1]
+    count = rng.integers(2, MAX_SENTENCES + 1, m)
+    used = np.arange(MAX_SENTENCES) < count[:, None]
+    return {
+        "phrase": phrase, "template": template, "count": count,
+        "topic": rng.integers(0, len(TOPICS["movies"]), slots),
+        "filler": rng.integers(-len(FILLERS["movies"]), len(FILLERS["movies"]), (m, 2)),  # < 0: none
+        "score": (sentence * used).sum(1) / count,
+    }  # fmt: skip
+
+
+def _render(parts: dict[str, np.ndarray], domain: str) -> np.ndarray:
+    topics, fillers = TOPICS[domain], FILLERS[domain]
+    texts = []
+    for phrase, template, count, topic, filler in zip(
+        _PHRASES[parts["phrase"]].tolist(), parts["template"].tolist(), parts["count"].tolist(),
+        parts["topic"].tolist(), parts["filler"].tolist(), strict=True,
+    ):  # fmt: skip
+        words = [fillers[filler[0]]] if filler[0] >= 0 else []
+        for s in range(count):
+            words.append(TEMPLATES[template[s]][0].format(
+                t1=topics[topic[s][0]], p1=phrase[s][0], t2=topics[topic[s][1]], p2=phrase[s][1]))
+        if filler[1] >= 0:
+            words.append(fillers[filler[1]])
+        texts.append(" ".join(words))
+    return np.array(texts, dtype=object)
+
+
+def _check(domain: str, num_classes: int) -> None:
+    if domain not in DOMAINS:
+        raise UserError(f"dataset.domain={domain!r} is not a synthetic domain; use one of {', '.join(DOMAINS)}.")
+    if num_classes not in LABEL_NAMES:
+        raise UserError(f"dataset.num_classes={num_classes!r} is not supported by the synthetic source; use 2, 3 or 5.")
+
+
+def _rng(domain: str, seed: int, num_classes: int) -> np.random.Generator:
+    """One stream per (domain, classes, seed), so domains are not word-swapped copies of each other."""
+    return np.random.default_rng([seed, DOMAINS.index(domain), num_classes])
+
+
+def generate(domain: str, num_examples: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`num_examples` reviews (object array of str) and int32 labels, equally many per class.
+
+    Draws reviews until every class has its quota, skipping those within
+    `MARGIN` of a boundary; the kept ones stay in draw order, so classes interleave.
+    """
+    _check(domain, num_classes)
+    rng = _rng(domain, seed, num_classes)
+    quota = np.full(num_classes, num_examples // num_classes) + (np.arange(num_classes) < num_examples % num_classes)
+    drawn: list[dict[str, np.ndarray]] = []
+    have = np.zeros(num_classes, dtype=int)
+    while (have < quota).any():
+        chunk = _sample(rng, 2 * num_examples + 64)
+        distance = np.abs(chunk["score"][:, None] - np.array(THRESHOLDS[num_classes])).min(1)
+        labels = np.where(distance >= MARGIN, bucket(chunk["score"], num_classes), -1)
+        keep = np.zeros(len(labels), dtype=bool)
+        for c in range(num_classes):
+            (rows,) = np.nonzero(labels == c)
+            keep[rows[: quota[c] - have[c]]] = True
+            have[c] += min(len(rows), quota[c] - have[c])
+        drawn.append({k: v[keep] for k, v in chunk.items()})
+    parts = {k: np.concatenate([d[k] for d in drawn]) for k in drawn[0]}
+    return _render(parts, domain), bucket(parts["score"], num_classes)
+
+
+def generate_unlabeled(domain: str, num_examples: int, seed: int) -> np.ndarray:
+    """Reviews as drawn, unbalanced and unfiltered: text for language-model pretraining."""
+    _check(domain, 2)
+    return _render(_sample(_rng(domain, seed, 0), num_examples), domain)
+
+
+def load_synthetic(cfg: DictConfig) -> LabeledData:
+    """Train / validation / test from seeds `seed`, `seed + 1`, `seed + 2`, so the splits differ."""
+    domain, num_classes, seed = cfg.get("domain"), cfg.get("num_classes"), cfg.get("seed")
+    _check(domain, num_classes)
+    if not isinstance(seed, int) or seed < 0:
+        raise UserError(f"dataset.seed={seed!r} must be a non-negative integer; set e.g. dataset.seed=1234.")
+    sizes = {}
+    for split in ("train", "validation", "test"):
+        size = cfg.get(f"num_{split}")
+        if not isinstance(size, int) or size <= 0:
+            raise UserError(f"dataset.num_{split}={size!r} must be a positive integer; set e.g. dataset.num_{split}=1000.")
+        sizes[split] = min(size, cfg.get("max_rows") or size)
+    splits = {
+        split: Split(*generate(domain, size, num_classes, seed + offset))
+        for offset, (split, size) in enumerate(sizes.items())
+    }
+    return LabeledData(**splits, label_names=list(LABEL_NAMES[num_classes]))
