@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sentiment_dist import tracking
 from sentiment_dist.config import hydra_task
+from sentiment_dist.data import load_dataset
 from sentiment_dist.data.pipeline import build_vocabulary
 from sentiment_dist.distribute import Distribution
 from sentiment_dist.errors import UserError
@@ -124,58 +126,65 @@ def source_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(shared, cfg.source)
 
 
-def finetune_run(cfg: DictConfig, dist: Distribution, directory: str, source: Run, tracker: tracking.Tracker) -> dict:
-    """Fine-tune `source` on `cfg.dataset` and write the run dir."""
-    settings = cfg.finetune
+def target_vocabulary(settings: DictConfig, dist: Distribution, source: Run, target_texts) -> list[str]:
+    """The source vocabulary, reused exactly or extended with target tokens (built on the chief)."""
+    if settings.vocab == "source":
+        return list(source.vectorizer.get_vocabulary())
+    if settings.vocab == "extend":
+        vocabulary = None
+        if dist.is_chief:
+            vocabulary = extend_vocabulary(source.vectorizer.get_vocabulary(), target_texts(), settings.extend_max_tokens)
+        return dist.broadcast_object(vocabulary)
+    raise UserError(f"finetune.vocab={settings.vocab!r} is unknown; use source or extend.")
+
+
+def transferred_classifier(
+    settings: DictConfig, dist: Distribution, source: Run, vocab_size: int, label_names: list[str]
+) -> tuple[keras.Model, list[ParamGroup], Callable[[int], set[str]]]:
+    """The source's architecture and weights with a head for `label_names`,
+    its per-group learning rates, and the schedule of groups per epoch."""
     frozen = set(settings.freeze or [])
     if unknown := frozen - set(GROUPS):
         raise UserError(f"finetune.freeze has unknown groups {sorted(unknown)}; use any of {list(GROUPS)}.")
-    with open_dict(cfg):
-        cfg.model = source.config.model  # the architecture is the source's
-    if settings.vocab == "source":
-        vocabulary = source.vectorizer.get_vocabulary()
-    elif settings.vocab == "extend":
-        from sentiment_dist.data import load_dataset
-
-        texts = load_dataset(cfg.dataset).train.texts if dist.is_chief else None
-        vocabulary = dist.broadcast_object(
-            extend_vocabulary(source.vectorizer.get_vocabulary(), texts, settings.extend_max_tokens) if dist.is_chief else None
-        )
-    else:
-        raise UserError(f"finetune.vocab={settings.vocab!r} is unknown; use source or extend.")
-    data, vocabulary, vectorizer, _ = load_and_tokenize(cfg, dist, vocabulary=list(vocabulary))
-    same_labels = data.label_names == source.label_names
-    reuse_head = {"auto": same_labels, "reuse": True, "new": False}[settings.head]
+    same_labels = label_names == source.label_names
+    if settings.head not in ("auto", "reuse", "new"):
+        raise UserError(f"finetune.head={settings.head!r} is unknown; use auto, reuse or new.")
+    reuse_head = same_labels if settings.head == "auto" else settings.head == "reuse"
     if reuse_head and not same_labels:
         raise UserError(
             f"finetune.head=reuse needs the source's classes {source.label_names}, the target has "
-            f"{data.label_names}; use finetune.head=auto."
+            f"{label_names}; use finetune.head=auto."
         )
     with dist.scope():
-        classifier = build_classifier(cfg.model, len(vocabulary), len(data.label_names))
+        classifier = build_classifier(source.config.model, vocab_size, len(label_names))
         transfer_weights(source.classifier, classifier, reuse_head)
     variables = group_variables(classifier)
-    multipliers = settings.lr_multipliers
-    groups = [ParamGroup(name, variables[name], float(multipliers[name])) for name in GROUPS]
-    if dist.is_chief:
-        log.info(
-            "Fine-tuning %s from %s: %s vocabulary (%d tokens), %s head, schedule %s, frozen %s, lr multipliers %s",
-            cfg.model.name, source.directory, settings.vocab, len(vocabulary),
-            "reused" if reuse_head else "new", settings.schedule, sorted(frozen) or "none",
-            dict(multipliers),
-        )
-    trainer_ref = {}
+    groups = [ParamGroup(name, variables[name], float(settings.lr_multipliers[name])) for name in GROUPS]
 
-    def on_epoch_begin(epoch: int) -> None:
+    def schedule(epoch: int) -> set[str]:
         active = trainable_groups(settings.schedule, epoch, frozen)
         if not active:
             raise UserError("every layer group is frozen in this schedule; remove a group from finetune.freeze.")
-        trainer_ref["trainer"].set_trainable(active)
+        return active
 
-    return fit_and_report(
-        cfg, dist, directory, data, vocabulary, vectorizer, classifier, tracker,
-        groups=groups, on_epoch_begin=on_epoch_begin, trainer_hook=lambda t: trainer_ref.setdefault("trainer", t),
-    )
+    schedule(0)  # fail before training on a schedule that trains nothing
+    if dist.is_chief:
+        log.info(
+            "Fine-tuning %s from %s: %d-token vocabulary, %s head, schedule %s, frozen %s, lr multipliers %s",
+            source.config.model.name, source.directory, vocab_size, "reused" if reuse_head else "new",
+            settings.schedule, sorted(frozen) or "none", dict(settings.lr_multipliers),
+        )
+    return classifier, groups, schedule
+
+
+def finetune_run(cfg: DictConfig, dist: Distribution, directory: str, source: Run, tracker: tracking.Tracker) -> dict:
+    """Fine-tune `source` on `cfg.dataset` and write the run dir."""
+    with open_dict(cfg):
+        cfg.model = source.config.model  # the architecture is the source's
+    vocabulary = target_vocabulary(cfg.finetune, dist, source, lambda: load_dataset(cfg.dataset).train.texts)
+    data, vocabulary, vectorizer, _ = load_and_tokenize(cfg, dist, vocabulary=vocabulary)
+    classifier, groups, schedule = transferred_classifier(cfg.finetune, dist, source, len(vocabulary), data.label_names)
+    return fit_and_report(cfg, dist, directory, data, vocabulary, vectorizer, classifier, tracker, groups, schedule)
 
 
 @hydra_task("finetune")

@@ -25,7 +25,8 @@ def classification_metrics(result: EvaluationResult, label_names: list[str]) -> 
     }
 
 
-def _figure():
+def figure():
+    """pyplot on the file-only Agg backend (no display on servers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,7 +36,7 @@ def _figure():
 
 
 def plot_confusion(confusion: np.ndarray, label_names: list[str], path: str, title: str = "Test set") -> None:
-    plt = _figure()
+    plt = figure()
     size = max(4.0, 0.9 * len(label_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(confusion, cmap="Blues")
@@ -54,7 +55,7 @@ def plot_confusion(confusion: np.ndarray, label_names: list[str], path: str, tit
 
 def plot_history(columns: dict[str, list], path: str) -> None:
     """Loss and accuracy per epoch, train against validation."""
-    plt = _figure()
+    plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = columns.get("epoch", [])
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):

@@ -40,6 +40,8 @@ class Tracker:
 
     def use_model(self, source_dir: str) -> None: ...
 
+    def log_report(self, summary: list[dict], run_dir: str) -> None: ...
+
     def finish(self) -> None: ...
 
 
@@ -120,6 +122,16 @@ class WandbTracker(Tracker):
 
     def use_model(self, source_dir: str) -> None:
         self._guard("use_artifact", self._use_model, source_dir)
+
+    def log_report(self, summary: list[dict], run_dir: str) -> None:
+        self._guard("transfer report", self._log_report, summary, run_dir)
+
+    def _log_report(self, summary: list[dict], run_dir: str) -> None:
+        import wandb
+
+        columns = list(summary[0]) if summary else []
+        table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in summary])
+        self.run.log({"transfer_report/table": table, "plots/transfer_report": wandb.Image(os.path.join(run_dir, "transfer_report.png"))})
 
     def _use_model(self, source_dir: str) -> None:
         """Declare the source model artifact as this run's input (W&B lineage).

@@ -92,14 +92,11 @@ def fit_and_report(
     classifier: keras.Model,
     tracker: tracking.Tracker,
     groups: list[ParamGroup] | None = None,
-    on_epoch_begin=None,
-    trainer_hook=None,
+    schedule=None,
 ) -> dict:
     """Train `classifier`, evaluate it on the test split, and write the run dir."""
     num_classes = len(data.label_names)
     trainer = Trainer(dist, classifier, num_classes, cfg.trainer, cfg.seed, groups)
-    if trainer_hook is not None:
-        trainer_hook(trainer)
     environment = {
         **dist.describe(),
         "global_batch_size": trainer.global_batch,
@@ -125,7 +122,7 @@ def fit_and_report(
     history = trainer.fit(
         data.train, data.validation, cfg.trainer.epochs, callbacks,
         checkpoint_dir=checkpoint_dir if cfg.trainer.resume else None,
-        verbose=cfg.trainer.verbose, on_epoch_begin=on_epoch_begin,
+        verbose=cfg.trainer.verbose, schedule=schedule,
     )
     test = classification_metrics(trainer.evaluate(data.test), data.label_names)
     validation = classification_metrics(trainer.evaluate(data.validation), data.label_names)

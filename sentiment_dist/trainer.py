@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import keras
@@ -255,9 +256,13 @@ class Trainer:
         callbacks: list[keras.callbacks.Callback],
         checkpoint_dir: str | None = None,
         verbose: bool = True,
-        on_epoch_begin=None,
+        schedule: Callable[[int], set[str]] | None = None,
     ) -> History:
-        """Train for `epochs` (resuming from `checkpoint_dir` when it holds state)."""
+        """Train for `epochs` (resuming from `checkpoint_dir` when it holds state).
+
+        `schedule(epoch)` names the parameter groups that train in that epoch
+        (gradual unfreezing); by default every group trains.
+        """
         steps = len(train) // self.global_batch
         if steps == 0:
             raise UserError(
@@ -282,8 +287,8 @@ class Trainer:
                 callback.resume(history.epochs)
         callback_list.on_train_begin()
         for epoch in range(first_epoch, epochs):
-            if on_epoch_begin is not None:
-                on_epoch_begin(epoch)
+            if schedule is not None:
+                self.set_trainable(schedule(epoch))
             callback_list.on_epoch_begin(epoch)
             started = time.perf_counter()
             totals = np.zeros(3)

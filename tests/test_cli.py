@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from conftest import PYTHON, TINY, cli_env, module, only_run_dir, read_json, run
 
 RUN_FILES = ("config.yaml", "model.keras", "vocabulary.txt", "labels.json", "metrics.json", "history.json",

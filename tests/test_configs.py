@@ -39,19 +39,22 @@ def test_every_primary_config_composes(config_name):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS if g != "experiment" and g != "debug" for o in options(g)])
 def test_every_group_option_composes(group, option):
-    cfg = compose_resolved("train", [f"{group}={option}"])
+    cfg = compose_resolved("finetune" if group == "finetune" else "train", [f"{group}={option}"])
     assert cfg[group]
 
 
 @pytest.mark.parametrize("option", options("experiment"))
 def test_every_experiment_composes(option):
-    cfg = compose_resolved("train", [f"experiment={option}"])
-    assert cfg["model"]["name"] and cfg["dataset"]["name"]
+    transfer = "source" in (CONF / "experiment" / f"{option}.yaml").read_text()  # a train-then-fine-tune recipe
+    cfg = compose_resolved("finetune" if transfer else "train", [f"experiment={option}"])
+    assert cfg["source"]["model"]["name"] if transfer else cfg["model"]["name"]
+    assert cfg["dataset"]["name"]
 
 
 @pytest.mark.parametrize("option", options("debug"))
 def test_every_debug_config_composes(option):
-    cfg = compose_resolved("train", [f"debug={option}"])
+    primary = {"tiny_transfer": "finetune", "tiny_report": "transfer_report"}.get(option, "train")
+    cfg = compose_resolved(primary, [f"debug={option}"])
     assert cfg["logger"]["name"] == "none"
 
 

@@ -35,7 +35,7 @@ def check_recorded(run_dir: Path) -> list:
     assert float(summary["test/macro_f1"]) == pytest.approx(metrics["test"]["macro_f1"])
     config = wr.config(records)
     model = json.loads(config["model"])
-    assert model["name"] == "bilstm" and model["units"] == 16  # nested, resolved, with the debug override
+    assert model["name"] == "bilstm" and model["units"] == 32  # nested, resolved, with the debug override
     environment = json.loads(config["environment"])
     assert environment["global_batch_size"] and environment["tensorflow"]
     assert {"loss", "val_loss", "val_accuracy", "learning_rate", "examples_per_second"} <= wr.history_keys(records)
