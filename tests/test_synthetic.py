@@ -57,6 +57,13 @@ def test_domains_share_the_sentiment_language_but_not_the_topics():
     shared = S.SENTIMENT_WORDS
     assert shared <= movies and shared <= ecommerce
     assert {"good", "wonderful", "boring", "not", "but", "very"} <= shared
+    values = list(S.ADJECTIVES.values())
+    assert values == [-v for v in reversed(values)]  # the generator flips polarity by mirroring
+
+
+def test_zero_examples_is_empty_not_an_error():
+    texts, labels = S.generate("movies", 0, 5, seed=0)
+    assert texts.shape == labels.shape == (0,)
 
 
 @pytest.mark.parametrize("num_classes", [2, 3, 5])

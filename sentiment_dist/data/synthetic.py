@@ -5,9 +5,11 @@ The offline stand-in for IMDB (domain "movies") and product reviews (domain
 intensifiers, "not", "but", "although") and differ only in topic words and
 filler sentences, so a model trained on one domain transfers to the other.
 
-A review is a few aspect sentences plus fillers. Its score is the mean of its
-aspect sentences' scores, and the label buckets that score. The rules make
-order matter, so a bag of words cannot match a sequence model:
+A review is one to four aspect sentences plus fillers. Its score is the mean
+of its aspect sentences' scores, and the label buckets that score. Like real
+reviews, a review leans one way and most of its sentences agree, which gives
+small models a foothold in single words; the rules then make order matter, so
+a bag of words stalls well below a sequence model:
 
 * "not" flips and halves the adjective right after it (an intensifier may sit
   between): "not very good" is negative, "not bad" mildly positive;
@@ -35,15 +37,17 @@ LABEL_NAMES: dict[int, list[str]] = {
     3: ["negative", "neutral", "positive"],
     5: ["very negative", "negative", "neutral", "positive", "very positive"],
 }
-# Class boundaries on the score, chosen near the score's quantiles so that the
-# balancing draw (see `_draw`) rarely has to sample more.
-THRESHOLDS = {2: [0.0], 3: [-0.29, 0.29], 5: [-0.81, -0.19, 0.19, 0.81]}
+# Class boundaries on the score, near its quantiles, so that the balancing draw
+# in `generate` seldom has to sample more.
+THRESHOLDS = {2: [0.0], 3: [-0.7, 0.7], 5: [-1.1, -0.5, 0.5, 1.1]}
 MARGIN = 0.05
 
+# Ordered so that the k-th adjective from the end mirrors the k-th: `_sample` flips
+# a clause's polarity by swapping an adjective for its mirror, keeping "not" and "very".
 ADJECTIVES = {
     "wonderful": 2.0, "excellent": 2.0, "superb": 2.0, "brilliant": 2.0, "fantastic": 2.0, "outstanding": 2.0,
     "good": 1.0, "great": 1.0, "enjoyable": 1.0, "solid": 1.0, "nice": 1.0, "impressive": 1.0,
-    "decent": 0.5, "fine": 0.4, "okay": 0.3, "average": 0.0, "forgettable": -0.4, "mediocre": -0.5,
+    "decent": 0.5, "fine": 0.4, "okay": 0.2, "average": -0.2, "forgettable": -0.4, "mediocre": -0.5,
     "bad": -1.0, "boring": -1.0, "disappointing": -1.0, "weak": -1.0, "dull": -1.0, "poor": -1.0,
     "awful": -2.0, "terrible": -2.0, "horrible": -2.0, "dreadful": -2.0, "atrocious": -2.0, "unbearable": -2.0,
 }  # fmt: skip
@@ -55,10 +59,10 @@ SENTIMENT_WORDS = frozenset(ADJECTIVES) | frozenset(MODIFIERS) | {"not", "but", 
 
 TOPICS = {
     "movies": ["the plot", "the acting", "the soundtrack", "the director", "the ending", "the cast",
-               "the dialogue", "the cinematography", "the pacing", "the script", "the special effects",
-               "the lead actor", "the villain", "the costumes", "the story", "the opening scene"],
+               "the dialogue", "the cinematography", "the pacing", "the script", "the editing",
+               "the lead actor", "the villain", "the lighting", "the story", "the opening scene"],
     "ecommerce": ["the battery", "the delivery", "the packaging", "the fabric", "the price", "customer service",
-                  "the screen", "the fit", "the build quality", "the instructions", "the zipper",
+                  "the screen", "the fit", "the build quality", "the manual", "the zipper",
                   "the charger", "the sound quality", "the material", "the checkout", "the warranty"],
 }  # fmt: skip
 FILLERS = {
@@ -79,10 +83,11 @@ TEMPLATES = [
     ("{t1} was {p1} at first, but {t2} was {p2}.", True), ("{p1} at first, but {t2} was {p2}.", True),
     ("{t1} was {p1}, but {t2} was {p2}.", True), ("although {t1} was {p1}, {t2} was {p2}.", True),
 ]  # fmt: skip
-TEMPLATE_P = np.array([0.1, 0.1, 0.1, 0.1, 0.15, 0.15, 0.15, 0.15])
-P_NOT = 0.35
+TEMPLATE_P = np.array([0.7 / 4] * 4 + [0.3 / 4] * 4)  # plain, contrast
+P_NOT = 0.2
+AGREE_MIN = 0.8
 MODIFIER_P = np.array([0.6] + [0.3 / 5] * 5 + [0.1 / 3] * 3)  # none, intensifiers, downtoners
-MAX_SENTENCES = 5
+MIN_SENTENCES, MAX_SENTENCES = 1, 4
 
 _ADJ = list(ADJECTIVES)
 _MOD = [""] + [m + " " for m in MODIFIERS]
@@ -123,17 +128,29 @@ def bucket(scores: np.ndarray, num_classes: int) -> np.ndarray:
 def _sample(rng: np.random.Generator, m: int) -> dict[str, np.ndarray]:
     """Structure and score of `m` reviews as index arrays; no strings yet, so it is cheap."""
     slots = (m, MAX_SENTENCES, 2)
-    phrase = (rng.random(slots) < P_NOT) * (len(_MOD) * len(_ADJ)) \
-        + rng.choice(len(_MOD), slots, p=MODIFIER_P) * len(_ADJ) + rng.integers(0, len(_ADJ), slots)
+    phrase = (
+        (rng.random(slots) < P_NOT) * (len(_MOD) * len(_ADJ))
+        + rng.choice(len(_MOD), slots, p=MODIFIER_P) * len(_ADJ)
+        + rng.integers(0, len(_ADJ), slots)
+    )
     template = rng.choice(len(TEMPLATES), slots[:2], p=TEMPLATE_P)
+    # A review leans one way: each main clause agrees with its lean with a per-review
+    # probability in [AGREE_MIN, 1]; a conceded clause takes the other side.
+    lean = rng.choice([-1.0, 1.0], m)[:, None]
+    want = np.where(rng.random(slots[:2]) < rng.uniform(AGREE_MIN, 1.0, m)[:, None], lean, -lean)
+    want = np.stack([-want, want], axis=-1)
+    flip = np.sign(_PHRASE_VALUES[phrase]) != want
+    phrase += np.where(flip, len(_ADJ) - 1 - 2 * (phrase % len(_ADJ)), 0)  # swap in the mirror adjective
     value = _PHRASE_VALUES[phrase]
     sentence = np.where(_CONTRAST[template], WEAK_CLAUSE * value[..., 0], 0.0) + value[..., 1]
-    count = rng.integers(2, MAX_SENTENCES + 1, m)
+    count = rng.integers(MIN_SENTENCES, MAX_SENTENCES + 1, m)
     used = np.arange(MAX_SENTENCES) < count[:, None]
+    n_fillers = len(FILLERS["movies"])
+    filler = rng.integers(-n_fillers, n_fillers, (m, 2))  # opening and closing filler; < 0: none
+    filler = np.where(count[:, None] == 1, filler % n_fillers, filler)  # one-sentence reviews get both
     return {
-        "phrase": phrase, "template": template, "count": count,
+        "phrase": phrase, "template": template, "count": count, "filler": filler,
         "topic": rng.integers(0, len(TOPICS["movies"]), slots),
-        "filler": rng.integers(-len(FILLERS["movies"]), len(FILLERS["movies"]), (m, 2)),  # < 0: none
         "score": (sentence * used).sum(1) / count,
     }  # fmt: skip
 
@@ -145,21 +162,28 @@ def _render(parts: dict[str, np.ndarray], domain: str) -> np.ndarray:
         _PHRASES[parts["phrase"]].tolist(), parts["template"].tolist(), parts["count"].tolist(),
         parts["topic"].tolist(), parts["filler"].tolist(), strict=True,
     ):  # fmt: skip
-        words = [fillers[filler[0]]] if filler[0] >= 0 else []
+        sentences = [fillers[filler[0]]] if filler[0] >= 0 else []
         for s in range(count):
-            words.append(TEMPLATES[template[s]][0].format(
-                t1=topics[topic[s][0]], p1=phrase[s][0], t2=topics[topic[s][1]], p2=phrase[s][1]))
+            sentences.append(
+                TEMPLATES[template[s]][0].format(
+                    t1=topics[topic[s][0]], p1=phrase[s][0], t2=topics[topic[s][1]], p2=phrase[s][1]
+                )
+            )
         if filler[1] >= 0:
-            words.append(fillers[filler[1]])
-        texts.append(" ".join(words))
+            sentences.append(fillers[filler[1]])
+        texts.append(" ".join(sentences))
     return np.array(texts, dtype=object)
 
 
 def _check(domain: str, num_classes: int) -> None:
     if domain not in DOMAINS:
-        raise UserError(f"dataset.domain={domain!r} is not a synthetic domain; use one of {', '.join(DOMAINS)}.")
+        raise UserError(
+            f"dataset.domain={domain!r} is not a synthetic domain; use one of {', '.join(DOMAINS)}."
+        )
     if num_classes not in LABEL_NAMES:
-        raise UserError(f"dataset.num_classes={num_classes!r} is not supported by the synthetic source; use 2, 3 or 5.")
+        raise UserError(
+            f"dataset.num_classes={num_classes!r} is not supported by the synthetic source; use 2, 3 or 5."
+        )
 
 
 def _rng(domain: str, seed: int, num_classes: int) -> np.random.Generator:
@@ -175,8 +199,8 @@ def generate(domain: str, num_examples: int, num_classes: int, seed: int) -> tup
     """
     _check(domain, num_classes)
     rng = _rng(domain, seed, num_classes)
-    quota = np.full(num_classes, num_examples // num_classes) + (np.arange(num_classes) < num_examples % num_classes)
-    drawn: list[dict[str, np.ndarray]] = []
+    quota = num_examples // num_classes + (np.arange(num_classes) < num_examples % num_classes)
+    drawn = [_sample(rng, 0)]  # an empty start, so that zero examples is no special case
     have = np.zeros(num_classes, dtype=int)
     while (have < quota).any():
         chunk = _sample(rng, 2 * num_examples + 64)
@@ -203,12 +227,16 @@ def load_synthetic(cfg: DictConfig) -> LabeledData:
     domain, num_classes, seed = cfg.get("domain"), cfg.get("num_classes"), cfg.get("seed")
     _check(domain, num_classes)
     if not isinstance(seed, int) or seed < 0:
-        raise UserError(f"dataset.seed={seed!r} must be a non-negative integer; set e.g. dataset.seed=1234.")
+        raise UserError(
+            f"dataset.seed={seed!r} must be a non-negative integer; set one such as dataset.seed=1234."
+        )
     sizes = {}
     for split in ("train", "validation", "test"):
         size = cfg.get(f"num_{split}")
         if not isinstance(size, int) or size <= 0:
-            raise UserError(f"dataset.num_{split}={size!r} must be a positive integer; set e.g. dataset.num_{split}=1000.")
+            raise UserError(
+                f"dataset.num_{split}={size!r} must be a positive integer; set a size such as dataset.num_{split}=1000."
+            )
         sizes[split] = min(size, cfg.get("max_rows") or size)
     splits = {
         split: Split(*generate(domain, size, num_classes, seed + offset))
