@@ -171,3 +171,13 @@ def test_finetune_under_horovod(source_run, tmp_path, horovod_available):
                               "trainer.batch_size=16", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
     metrics = read_json(tmp_path / "run" / "metrics.json")
     assert metrics["environment"]["world_size"] == 2 and metrics["test"]["examples"] == 256
+
+
+def test_transfer_report_compares_every_method_at_every_size(source_run, tmp_path):
+    run(module("transfer_report", "debug=tiny_report", f"finetune.source={source_run}", "report.sizes=[64,all]",
+               "report.schedules=[gradual]", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
+    report = read_json(tmp_path / "run" / "transfer_report.json")
+    methods = {(row["method"], row["n"]) for row in report["summary"]}
+    assert methods == {(m, n) for m in ("source_as_is", "scratch", "tfidf_logreg", "finetune_gradual") for n in (64, 256)}
+    assert all(0 <= row["accuracy"] <= 1 and row["repeats"] >= 1 for row in report["summary"])
+    assert (tmp_path / "run" / "transfer_report.png").stat().st_size > 10_000
