@@ -31,6 +31,11 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Benchmarks write benchmarks/results/*.json and *.md; see benchmarks/README.md.
+bench: setup
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/imdb_accuracy.py
+
 lint: setup
 	$(VENV)/bin/ruff check sentiment_dist tests benchmarks launch
 
