@@ -184,7 +184,12 @@ def finetune_run(cfg: DictConfig, dist: Distribution, directory: str, source: Ru
     vocabulary = target_vocabulary(cfg.finetune, dist, source, lambda: load_dataset(cfg.dataset).train.texts)
     data, vocabulary, vectorizer, _ = load_and_tokenize(cfg, dist, vocabulary=vocabulary)
     classifier, groups, schedule = transferred_classifier(cfg.finetune, dist, source, len(vocabulary), data.label_names)
-    return fit_and_report(cfg, dist, directory, data, vocabulary, vectorizer, classifier, tracker, groups, schedule)
+    # With the source's head kept, the untouched model is the baseline the fine-tune must beat.
+    reused_head = data.label_names == source.label_names and cfg.finetune.head != "new"
+    return fit_and_report(
+        cfg, dist, directory, data, vocabulary, vectorizer, classifier, tracker, groups, schedule,
+        test_before_training=reused_head,
+    )
 
 
 @hydra_task("finetune")

@@ -96,6 +96,9 @@ class WandbTracker(Tracker):
             for name, scores in metrics[split]["per_class"].items():
                 for key in ("precision", "recall", "f1"):
                     self.run.summary[f"{split}/{name}/{key}"] = scores[key]
+        if before := metrics.get("test_before_training"):
+            for key in ("accuracy", "macro_f1"):
+                self.run.summary[f"test_before_training/{key}"] = before[key]
         self.run.summary["examples_per_second"] = metrics["examples_per_second"]
         self.run.summary["train_seconds"] = metrics["train_seconds"]
         names = metrics["test"]["label_names"]

@@ -93,10 +93,17 @@ def fit_and_report(
     tracker: tracking.Tracker,
     groups: list[ParamGroup] | None = None,
     schedule=None,
+    test_before_training: bool = False,
 ) -> dict:
-    """Train `classifier`, evaluate it on the test split, and write the run dir."""
+    """Train `classifier`, evaluate it on the test split, and write the run dir.
+
+    `test_before_training` also scores the classifier as it starts (a transferred
+    model as-is), so that a fine-tune reports what it gained."""
     num_classes = len(data.label_names)
     trainer = Trainer(dist, classifier, num_classes, cfg.trainer, cfg.seed, groups)
+    before = classification_metrics(trainer.evaluate(data.test), data.label_names) if test_before_training else None
+    if before and dist.is_chief:
+        log.info("Before training: test accuracy %.4f, macro-F1 %.4f", before["accuracy"], before["macro_f1"])
     environment = {
         **dist.describe(),
         "global_batch_size": trainer.global_batch,
@@ -135,6 +142,8 @@ def fit_and_report(
         "examples_per_second": float(np.mean([epoch["examples_per_second"] for epoch in epochs])) if epochs else 0.0,
         "environment": environment,
     }
+    if before:
+        metrics["test_before_training"] = before
     if dist.is_chief:
         save_run(directory, cfg, classifier, vectorizer, vocabulary, data.label_names, metrics, history.as_columns())
         log.info("Test set (%d examples):\n%s", test["examples"], format_metrics_table(test))

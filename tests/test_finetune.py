@@ -158,6 +158,10 @@ def test_main_job_trains_the_source_then_fine_tunes_in_one_command(tmp_path):
     source, target = read_json(job / "source" / "metrics.json"), read_json(job / "metrics.json")
     assert source["test"]["label_names"] == target["test"]["label_names"] == ["negative", "positive"]
     assert (job / "source" / "model.keras").exists() and (job / "model.keras").exists()
+    # The source as-is on the target test set: the baseline the fine-tune reports against.
+    before = target["test_before_training"]
+    assert before["examples"] == target["test"]["examples"] and 0.5 < before["accuracy"] < 1
+    assert "Before training: test accuracy" in result.stderr + result.stdout
 
 
 def test_finetune_under_mirrored(source_run, tmp_path):
@@ -171,6 +175,7 @@ def test_finetune_under_horovod(source_run, tmp_path, horovod_available):
                               "trainer.batch_size=16", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
     metrics = read_json(tmp_path / "run" / "metrics.json")
     assert metrics["environment"]["world_size"] == 2 and metrics["test"]["examples"] == 256
+    assert metrics["test_before_training"]["examples"] == 256  # scored once, over every rank's shard
 
 
 def test_transfer_report_compares_every_method_at_every_size(source_run, tmp_path):
