@@ -63,6 +63,19 @@ def _is_disposable(directory: str) -> bool:
     return all(name in _SCAFFOLDING or name.endswith(".log") for name in os.listdir(directory))
 
 
+def _remove_run_dir(directory: str) -> None:
+    """Remove `directory` and the parents it leaves empty (outputs/train/), up to the working directory."""
+    shutil.rmtree(directory, ignore_errors=True)
+    stop = Path.cwd().resolve()
+    parent = Path(directory).resolve().parent
+    while parent != stop and stop in parent.parents:
+        try:
+            parent.rmdir()  # only succeeds when empty
+        except OSError:
+            break
+        parent = parent.parent
+
+
 def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
     """Turn `task(cfg)` into a console-script `main()` driven by Hydra."""
 
@@ -88,7 +101,7 @@ def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
                     if directory == _scratch_dir():
                         shutil.rmtree(directory, ignore_errors=True)
                 elif not finished and _is_disposable(directory):
-                    shutil.rmtree(directory, ignore_errors=True)
+                    _remove_run_dir(directory)
 
         @functools.wraps(task)
         def main() -> None:
