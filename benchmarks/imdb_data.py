@@ -159,10 +159,10 @@ def save_bar_chart(name: str, labels: list[str], values: list[float], ylabel: st
 
 
 def run_cli(label: str, command: list[str], run_dir: Path, env: dict | None = None,
-            timeout: float | None = None) -> dict:
+            timeout: float | None = None, result_file: str = "metrics.json") -> dict:
     """Run one training command (its output to `<run_dir>.log`); read the run dir it wrote.
 
-    Returns `{"status": "ok", "metrics": ..., "history": ..., "wall_seconds": ...}`, or
+    Returns `{"status": "ok", "metrics": <result_file>, "history": ..., "wall_seconds": ...}`, or
     `{"status": "failed", "reason": <last lines of its output>}`: one failed
     configuration must not lose the others' numbers.
     """
@@ -179,7 +179,7 @@ def run_cli(label: str, command: list[str], run_dir: Path, env: dict | None = No
         except subprocess.TimeoutExpired:
             code = "timeout"
     wall = time.perf_counter() - started
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / result_file
     if code != 0 or not metrics_path.exists():
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-20:]
         errors = [line for line in tail if line.startswith("error:")]  # the CLI's one-sentence errors
@@ -190,7 +190,7 @@ def run_cli(label: str, command: list[str], run_dir: Path, env: dict | None = No
     return {
         "status": "ok",
         "metrics": json.loads(metrics_path.read_text()),
-        "history": json.loads((run_dir / "history.json").read_text()),
+        "history": json.loads(history.read_text()) if (history := run_dir / "history.json").exists() else None,
         "wall_seconds": wall,
         "log": str(log_path),
     }
