@@ -101,9 +101,6 @@ def fit_and_report(
     model as-is), so that a fine-tune reports what it gained."""
     num_classes = len(data.label_names)
     trainer = Trainer(dist, classifier, num_classes, cfg.trainer, cfg.seed, groups)
-    before = classification_metrics(trainer.evaluate(data.test), data.label_names) if test_before_training else None
-    if before and dist.is_chief:
-        log.info("Before training: test accuracy %.4f, macro-F1 %.4f", before["accuracy"], before["macro_f1"])
     environment = {
         **dist.describe(),
         "global_batch_size": trainer.global_batch,
@@ -120,6 +117,9 @@ def fit_and_report(
             trainer.base_learning_rate, cfg.trainer.lr_scaling,
         )
         tracker.update_config({"environment": environment})
+    before = classification_metrics(trainer.evaluate(data.test), data.label_names) if test_before_training else None
+    if before and dist.is_chief:
+        log.info("Before training: test accuracy %.4f, macro-F1 %.4f", before["accuracy"], before["macro_f1"])
     checkpoint_dir, best_path = checkpoint_paths(directory)
     steps = len(data.train) // trainer.global_batch
     callbacks = make_callbacks(
