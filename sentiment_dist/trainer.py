@@ -58,13 +58,17 @@ class ParamGroup:
 class OptimizerGroup:
     """What Keras callbacks see as `model.optimizer`.
 
-    `ReduceLROnPlateau` reduces each of `optimizers` in turn, which keeps the
-    ratios between groups; `learning_rate` is the base rate (multiplier 1).
+    With several groups, `ReduceLROnPlateau` reduces each of `optimizers` in
+    turn, which keeps the ratios between groups, and logs each group's rate as
+    `learning_rate_<group>`; with one, it sees a plain optimizer. `learning_rate`
+    is the base rate (multiplier 1).
     """
 
     def __init__(self, groups: list[ParamGroup]):
         self.groups = groups
-        self.optimizers = [group.optimizer for group in groups]
+        self.all = [group.optimizer for group in groups]
+        if len(groups) > 1:
+            self.optimizers = self.all
 
     @property
     def learning_rate(self) -> float:
@@ -78,11 +82,11 @@ class OptimizerGroup:
 
     @property
     def iterations(self):
-        return self.optimizers[0].iterations
+        return self.all[0].iterations
 
     @property
     def variables(self) -> list:
-        return [v for optimizer in self.optimizers for v in optimizer.variables]
+        return [v for optimizer in self.all for v in optimizer.variables]
 
 
 @dataclass
@@ -164,6 +168,7 @@ class Trainer:
         with dist.scope():
             for group in self.groups:
                 group.optimizer = self._make_optimizer(self.base_learning_rate * group.multiplier)
+                group.optimizer.name = group.name  # logged as learning_rate_<group>
                 group.optimizer.build(group.variables)
                 dist.prepare_optimizer(group.optimizer)
         self.optimizer = OptimizerGroup(self.groups)
@@ -342,7 +347,7 @@ class Checkpointer:
     def __init__(self, trainer: Trainer, directory: str):
         self.directory = directory
         self.dist = trainer.dist
-        state = {f"optimizer_{i}": opt for i, opt in enumerate(trainer.optimizer.optimizers)}
+        state = {f"optimizer_{i}": opt for i, opt in enumerate(trainer.optimizer.all)}
         self.checkpoint = tf.train.Checkpoint(model=trainer.model, **state)
         self.write_dir = trainer.dist.checkpoint_write_dir(directory)
         self.manager = (
