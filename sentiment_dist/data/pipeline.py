@@ -54,11 +54,26 @@ def make_vectorizer(sequence_length: int, vocabulary: list[str] | None = None, v
     return layer
 
 
-def build_vocabulary(texts: np.ndarray, vocab_size: int) -> list[str]:
-    """Most frequent tokens of `texts`: `["", "[UNK]", ...]`, at most `vocab_size`."""
-    layer = make_vectorizer(sequence_length=1, vocab_size=vocab_size)
+# Tokens a line-based vocabulary file cannot hold: Keras stores the vocabulary
+# inside model.keras one token per line and reads it back split into lines, so
+# a token holding a line break Python recognises (\x85 and \u2028 appear in
+# IMDB reviews) would come back as two and the model would not load.
+_SPARE_TOKENS = 64
+
+
+def _storable(token: str) -> bool:
+    return token.splitlines() == [token]
+
+
+def build_vocabulary(texts: np.ndarray, vocab_size: int | None) -> list[str]:
+    """Most frequent tokens of `texts`: `["", "[UNK]", ...]`, at most `vocab_size`.
+
+    Tokens with line breaks in them are left out (they read as [UNK])."""
+    layer = make_vectorizer(sequence_length=1, vocab_size=vocab_size and vocab_size + _SPARE_TOKENS)
     layer.adapt(tf.data.Dataset.from_tensor_slices(texts.astype(str)).batch(_VECTORIZE_BATCH))
-    return list(layer.get_vocabulary())
+    special, tokens = layer.get_vocabulary()[:2], layer.get_vocabulary()[2:]
+    kept = special + [token for token in tokens if _storable(token)]
+    return kept[:vocab_size] if vocab_size else kept
 
 
 def save_vocabulary(vocabulary: list[str], directory: str) -> str:
