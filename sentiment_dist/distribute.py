@@ -323,6 +323,11 @@ class HorovodDistribution(Distribution):
     def num_replicas(self) -> int:
         return self.hvd.size()
 
+    def describe(self) -> dict[str, Any]:
+        import horovod
+
+        return {**super().describe(), "horovod": horovod.__version__, "local_rank": self.hvd.local_rank()}
+
     def distribute_dataset(self, make: Callable[[InputShard], tf.data.Dataset]) -> Iterable:
         return make(InputShard(self.rank, self.world_size, self.world_size))
 

@@ -56,7 +56,8 @@ def test_single_run_is_recorded_offline(tmp_path):
 def test_horovod_job_is_one_wandb_run(tmp_path, horovod_available):
     run(horovodrun() + module("train", *WANDB, "strategy=horovod", "trainer.batch_size=16"), cwd=tmp_path, env=offline_env(tmp_path))
     records = check_recorded(only_wandb_run(tmp_path / "outputs"))
-    assert json.loads(wr.config(records)["environment"])["world_size"] == 2
+    environment = json.loads(wr.config(records)["environment"])
+    assert environment["world_size"] == 2 and environment["horovod"] == "0.28.1"
 
 
 def test_finetune_joins_the_source_group_and_declares_the_source_model(tmp_path):
