@@ -232,3 +232,12 @@ def test_chain_pretrain_then_target_text_then_classifier(bilstm_lm, tmp_path):
         for a, b in zip(classifier.get_layer(name).get_weights(), adapted.get_layer(name).get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
 
+
+def test_ulmfit_chain_under_horovod(tmp_path, horovod_available):
+    run(horovodrun() + module("ulmfit", "debug=tiny_ulmfit", "strategy=horovod", "trainer.batch_size=16", "lm.trainer.batch_size=16",
+                              "general.dataset.num_train=512", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
+    out = tmp_path / "run"
+    general, target, classifier = (read_json(d / "metrics.json") for d in (out / "lm_general", out / "lm_target", out))
+    assert general["environment"]["world_size"] == target["environment"]["world_size"] == 2
+    assert target["init_from"] == str(out / "lm_general")
+    assert classifier["environment"]["world_size"] == 2 and classifier["test"]["examples"] == 256
