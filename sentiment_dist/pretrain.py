@@ -45,6 +45,7 @@ from sentiment_dist.language_model import (
     init_from,
     load_pretrained,
     pretrained_vocabulary,
+    unigram_log_frequencies,
 )
 from sentiment_dist.report import plot_history
 from sentiment_dist.runs import CONFIG_FILE, METRICS_FILE
@@ -75,6 +76,9 @@ def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: t
         model = build_language_model(cfg.model, len(vocabulary))
         if pretrained:
             copy_pretrained(pretrained, model)
+        else:
+            for head in model.heads:
+                head.bias.assign(unigram_log_frequencies(train.tokens, len(vocabulary)))
     task = LanguageModelTask(len(vocabulary), cfg.lm.num_sampled)
     trainer = Trainer(dist, model, task, cfg.trainer, cfg.seed)
     environment = {

@@ -30,6 +30,7 @@ from sentiment_dist.language_model import (
     check_compatible,
     load_pretrained,
     targets,
+    unigram_log_frequencies,
 )
 from sentiment_dist.trainer import Trainer
 
@@ -103,6 +104,13 @@ def test_held_out_perplexity_is_the_full_softmax_over_every_real_token():
         log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         nll -= np.take_along_axis(log_probs, target[..., None], -1)[..., 0][real].sum()
     assert math.isclose(result.perplexity, math.exp(nll / (2 * expected_tokens)), rel_tol=1e-4)
+
+
+def test_heads_start_from_the_unigram_distribution():
+    tokens = np.array([[2, 2, 2, 3, 0], [2, 4, 0, 0, 0]], np.int32)
+    bias = unigram_log_frequencies(tokens, vocab_size=6)
+    counts = np.array([0, 0, 4, 1, 1, 0]) + 1.0  # padding not counted; add-one smoothing
+    np.testing.assert_allclose(bias, np.log(counts / counts.sum()), rtol=1e-6)
 
 
 def test_a_stacked_bidirectional_encoder_cannot_leak_the_future():
@@ -235,7 +243,7 @@ def test_chain_pretrain_then_target_text_then_classifier(bilstm_lm, tmp_path):
 
 def test_ulmfit_chain_under_horovod(tmp_path, horovod_available):
     run(horovodrun() + module("ulmfit", "debug=tiny_ulmfit", "strategy=horovod", "trainer.batch_size=16", "lm.trainer.batch_size=16",
-                              "general.dataset.num_train=512", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
+                              "general.dataset.num_train=512", "lm.trainer.epochs=1", "trainer.epochs=2", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
     out = tmp_path / "run"
     general, target, classifier = (read_json(d / "metrics.json") for d in (out / "lm_general", out / "lm_target", out))
     assert general["environment"]["world_size"] == target["environment"]["world_size"] == 2
