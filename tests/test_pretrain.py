@@ -195,25 +195,29 @@ def test_train_from_a_pretrain_run(bilstm_lm, tmp_path):
     assert (tmp_path / "run" / "vocabulary.txt").read_text() == (bilstm_lm / "vocabulary.txt").read_text()
 
 
-@pytest.mark.parametrize(
-    "override,message",
-    [
-        ("model.units=16", "was pretrained with model.units=32 but this run has model.units=16; set model.units=32"),
-        ("model.vocab_size=600", "model.vocab_size=500 but this run has model.vocab_size=600"),
-    ],
-)
-def test_a_classifier_that_does_not_fit_the_pretrain_run_fails_in_one_sentence(bilstm_lm, tmp_path, override, message):
-    result = run(module("train", "debug=tiny", f"init.from={bilstm_lm}", override), cwd=tmp_path, check=False)
+def test_a_classifier_that_does_not_fit_the_pretrain_run_fails_in_one_sentence(bilstm_lm, tmp_path):
+    result = run(module("train", "debug=tiny", f"init.from={bilstm_lm}", "model.units=16"), cwd=tmp_path, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
+    message = "was pretrained with model.units=32 but this run has model.units=16; set model.units=32"
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("metrics.json"))
 
 
-def test_another_family_or_a_classifier_run_is_refused(bilstm_lm, tmp_path):
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"vocab_size": 600}, "model.vocab_size=500 but this run has model.vocab_size=600"),  # another vocabulary
+        ({"name": "lstm", "bidirectional": False}, "model.bidirectional=True but this run has model.bidirectional=False"),
+    ],
+)
+def test_another_vocabulary_or_family_is_refused(bilstm_lm, changes, message):
     pretrained = load_pretrained(str(bilstm_lm))
-    lstm = OmegaConf.merge(pretrained.config.model, {"name": "lstm", "bidirectional": False})
-    with pytest.raises(UserError, match="model.bidirectional=True but this run has model.bidirectional=False"):
-        check_compatible(pretrained, lstm)
+    with pytest.raises(UserError, match=message):
+        check_compatible(pretrained, OmegaConf.merge(pretrained.config.model, changes))
+
+
+def test_pooling_may_differ_but_a_classifier_run_is_no_pretrain_run(bilstm_lm, tmp_path):
+    pretrained = load_pretrained(str(bilstm_lm))
     check_compatible(pretrained, OmegaConf.merge(pretrained.config.model, {"name": "attention_lstm", "pooling": "attention"}))
     classifier_run = tmp_path / "classifier"
     classifier_run.mkdir()
