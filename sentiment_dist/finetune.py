@@ -32,6 +32,7 @@ from sentiment_dist.distribute import Distribution
 from sentiment_dist.errors import UserError
 from sentiment_dist.language_model import (
     PretrainedRun,
+    check_compatible,
     copy_pretrained,
     init_from,
     load_pretrained,
@@ -184,21 +185,24 @@ def discriminative_groups(settings: DictConfig, classifier: keras.Model) -> tupl
 
 
 def pretrained_classifier(
-    settings: DictConfig, dist: Distribution, pretrained: PretrainedRun, vocab_size: int, label_names: list[str]
+    settings: DictConfig, dist: Distribution, pretrained: PretrainedRun, vocab_size: int, label_names: list[str],
+    model: DictConfig | None = None,
 ) -> tuple[keras.Model, list[ParamGroup], Callable[[int], set[str]]]:
     """ULMFiT's last stage: the pretrained embedding and encoder under a new
-    head, with the fine-tune's (`settings`) schedule and per-group learning rates."""
+    head, with the fine-tune's (`settings`) schedule and per-group learning
+    rates. `model` (default: the pretrained one) may pool differently."""
+    model = model or pretrained.config.model
     if settings.head not in ("auto", "new"):
         raise UserError(f"finetune.head={settings.head} needs a classifier to take the head from; use finetune.head=auto with init.from.")
     with dist.scope():
-        classifier = build_classifier(pretrained.config.model, vocab_size, len(label_names))
+        classifier = build_classifier(model, vocab_size, len(label_names))
         copied = copy_pretrained(pretrained, classifier)
     groups, schedule = discriminative_groups(settings, classifier)
     if dist.is_chief:
         log.info(
             "Fine-tuning a %s classifier from the language model in %s (%s): %d-token vocabulary, schedule %s, "
             "frozen %s, lr multipliers %s",
-            pretrained.config.model.name, pretrained.directory, ", ".join(copied), vocab_size, settings.schedule,
+            model.name, pretrained.directory, ", ".join(copied), vocab_size, settings.schedule,
             sorted(settings.freeze or []) or "none", dict(settings.lr_multipliers),
         )
     return classifier, groups, schedule
@@ -210,13 +214,16 @@ def finetune_from_pretrained(
 ) -> dict:
     """Fine-tune a classifier on `cfg.dataset` from a pretrained language model and write the run dir.
 
-    The pretrained model's own config fixes the architecture (as a source
-    run's does); `vocab` (default `cfg.init`) says whether to extend its vocabulary."""
+    The pretrained model's config fixes the architecture (as a source run's
+    does); keys that shape no pretrained weight may be set over it, e.g.
+    `+model.pooling=mean` (ULMFiT pools rather than take the last state).
+    `vocab` (default `cfg.init`) says whether to extend the vocabulary."""
     with open_dict(cfg):
-        cfg.model = pretrained.config.model
+        cfg.model = OmegaConf.merge(pretrained.config.model, cfg.get("model") or {})
+    check_compatible(pretrained, cfg.model)
     vocabulary = pretrained_vocabulary(vocab or cfg.init, dist, pretrained, lambda: load_dataset(cfg.dataset).train.texts)
     data, vocabulary, vectorizer, _ = load_and_tokenize(cfg, dist, vocabulary=vocabulary)
-    classifier, groups, schedule = pretrained_classifier(cfg.finetune, dist, pretrained, len(vocabulary), data.label_names)
+    classifier, groups, schedule = pretrained_classifier(cfg.finetune, dist, pretrained, len(vocabulary), data.label_names, cfg.model)
     return fit_and_report(cfg, dist, directory, data, vocabulary, vectorizer, classifier, tracker, groups, schedule)
 
 

@@ -235,10 +235,12 @@ def test_chain_pretrain_then_target_text_then_classifier(bilstm_lm, tmp_path):
     assert target.read_text().startswith(general.read_text()) and len(target.read_text()) > len(general.read_text())
     assert read_json(tmp_path / "target" / "metrics.json")["init_from"] == str(bilstm_lm)
     run(module("finetune", "debug=tiny_transfer", "trainer.verbose=false", f"init.from={tmp_path}/target",
-               "finetune.schedule=full", "finetune.freeze=[embedding,encoder]", f"hydra.run.dir={tmp_path}/classifier"), cwd=tmp_path)
+               "finetune.schedule=full", "finetune.freeze=[embedding,encoder]", "+model.pooling=mean",
+               f"hydra.run.dir={tmp_path}/classifier"), cwd=tmp_path)
     metrics = read_json(tmp_path / "classifier" / "metrics.json")
     assert metrics["test"]["examples"] == 256
     classifier = keras.models.load_model(tmp_path / "classifier" / "model.keras").get_layer("classifier")
+    assert classifier.get_layer("encoder_mean_pool")  # pooling chosen at fine-tuning, over the pretrained shapes
     adapted = load_pretrained(str(tmp_path / "target")).model.encoder
     for name in ("embedding", "encoder_bilstm_0"):
         for a, b in zip(classifier.get_layer(name).get_weights(), adapted.get_layer(name).get_weights(), strict=True):
