@@ -132,7 +132,8 @@ class Evaluator:
         losses = per_example_loss(labels, probabilities, self.num_classes)
         predicted = predicted_class(probabilities, self.num_classes)
         confusion = tf.math.confusion_matrix(labels, predicted, self.num_classes, weights=weights, dtype=tf.float32)
-        return tf.reduce_sum(losses * weights), confusion
+        # Padding rows are all-zero tokens: mean pooling over an empty mask gives NaN, and NaN * 0 is NaN.
+        return tf.reduce_sum(tf.where(weights > 0, losses * weights, 0.0)), confusion
 
     def evaluate(self, split: TokenizedSplit) -> EvaluationResult:
         """Every example of `split` counted exactly once (padding has weight 0)."""

@@ -32,6 +32,7 @@ from sentiment_dist.language_model import (
     targets,
     unigram_log_frequencies,
 )
+from sentiment_dist.models import build_classifier
 from sentiment_dist.trainer import Trainer
 
 TINY = ["debug=tiny_pretrain", "trainer.verbose=false"]
@@ -255,3 +256,15 @@ def test_ulmfit_chain_under_horovod(tmp_path, horovod_available):
     assert general["environment"]["world_size"] == target["environment"]["world_size"] == 2
     assert target["init_from"] == str(out / "lm_general")
     assert classifier["environment"]["world_size"] == 2 and classifier["test"]["examples"] == 256
+
+
+def test_evaluation_padding_rows_cannot_make_the_loss_nan():
+    """Found with +model.pooling=mean: an all-padding row pools an empty mask to NaN."""
+    from sentiment_dist.trainer import Evaluator
+
+    model = build_classifier(tiny_cfg(pooling="mean"), vocab_size=10, num_classes=2)
+    tokens = np.random.default_rng(0).integers(1, 10, size=(3, 8)).astype(np.int32)
+    split = TokenizedSplit(tokens, np.array([0, 1, 0], np.int32), np.ones(3, np.float32))
+    result = Evaluator(Distribution(OmegaConf.create({"name": "single"})), model, 2, global_batch=2).evaluate(split)
+    assert math.isfinite(result.loss) and result.count == 3
+
