@@ -27,9 +27,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from sentiment_dist import tracking
 from sentiment_dist.config import hydra_task
 from sentiment_dist.data import load_dataset
-from sentiment_dist.data.pipeline import build_vocabulary
+from sentiment_dist.data.pipeline import extend_vocabulary
 from sentiment_dist.distribute import Distribution
 from sentiment_dist.errors import UserError
+from sentiment_dist.language_model import (
+    PretrainedRun,
+    check_compatible,
+    copy_pretrained,
+    init_from,
+    load_pretrained,
+    pretrained_vocabulary,
+)
 from sentiment_dist.models import GROUPS, build_classifier, group_variables, layer_group
 from sentiment_dist.runs import METRICS_FILE, Run, load_run
 from sentiment_dist.train import fit_and_report, load_and_tokenize, start, train_run
@@ -52,14 +60,6 @@ def trainable_groups(schedule: str, epoch: int, frozen: set[str]) -> set[str]:
     else:
         raise UserError(f"finetune.schedule={schedule!r} is unknown; use one of {', '.join(SCHEDULES)}.")
     return active - frozen
-
-
-def extend_vocabulary(source: list[str], target_texts: np.ndarray, max_new_tokens: int) -> list[str]:
-    """The source vocabulary, unchanged, then the most frequent new target tokens."""
-    known = set(source)
-    target = build_vocabulary(target_texts, vocab_size=None)[2:]  # most frequent first
-    new = [token for token in target if token not in known][:max_new_tokens]
-    return list(source) + new
 
 
 def transfer_weights(source: keras.Model, target: keras.Model, reuse_head: bool) -> None:
@@ -144,8 +144,6 @@ def transferred_classifier(
     """The source's architecture and weights with a head for `label_names`,
     its per-group learning rates, and the schedule of groups per epoch."""
     frozen = set(settings.freeze or [])
-    if unknown := frozen - set(GROUPS):
-        raise UserError(f"finetune.freeze has unknown groups {sorted(unknown)}; use any of {list(GROUPS)}.")
     same_labels = label_names == source.label_names
     if settings.head not in ("auto", "reuse", "new"):
         raise UserError(f"finetune.head={settings.head!r} is unknown; use auto, reuse or new.")
@@ -158,6 +156,21 @@ def transferred_classifier(
     with dist.scope():
         classifier = build_classifier(source.config.model, vocab_size, len(label_names))
         transfer_weights(source.classifier, classifier, reuse_head)
+    groups, schedule = discriminative_groups(settings, classifier)
+    if dist.is_chief:
+        log.info(
+            "Fine-tuning %s from %s: %d-token vocabulary, %s head, schedule %s, frozen %s, lr multipliers %s",
+            source.config.model.name, source.directory, vocab_size, "reused" if reuse_head else "new",
+            settings.schedule, sorted(frozen) or "none", dict(settings.lr_multipliers),
+        )
+    return classifier, groups, schedule
+
+
+def discriminative_groups(settings: DictConfig, classifier: keras.Model) -> tuple[list[ParamGroup], Callable[[int], set[str]]]:
+    """One optimizer per layer group at its own rate, and the groups that train in each epoch."""
+    frozen = set(settings.freeze or [])
+    if unknown := frozen - set(GROUPS):
+        raise UserError(f"finetune.freeze has unknown groups {sorted(unknown)}; use any of {list(GROUPS)}.")
     variables = group_variables(classifier)
     groups = [ParamGroup(name, variables[name], float(settings.lr_multipliers[name])) for name in GROUPS]
 
@@ -168,13 +181,50 @@ def transferred_classifier(
         return active
 
     schedule(0)  # fail before training on a schedule that trains nothing
+    return groups, schedule
+
+
+def pretrained_classifier(
+    settings: DictConfig, dist: Distribution, pretrained: PretrainedRun, vocab_size: int, label_names: list[str],
+    model: DictConfig | None = None,
+) -> tuple[keras.Model, list[ParamGroup], Callable[[int], set[str]]]:
+    """ULMFiT's last stage: the pretrained embedding and encoder under a new
+    head, with the fine-tune's (`settings`) schedule and per-group learning
+    rates. `model` (default: the pretrained one) may pool differently."""
+    model = model or pretrained.config.model
+    if settings.head not in ("auto", "new"):
+        raise UserError(f"finetune.head={settings.head} needs a classifier to take the head from; use finetune.head=auto with init.from.")
+    with dist.scope():
+        classifier = build_classifier(model, vocab_size, len(label_names))
+        copied = copy_pretrained(pretrained, classifier)
+    groups, schedule = discriminative_groups(settings, classifier)
     if dist.is_chief:
         log.info(
-            "Fine-tuning %s from %s: %d-token vocabulary, %s head, schedule %s, frozen %s, lr multipliers %s",
-            source.config.model.name, source.directory, vocab_size, "reused" if reuse_head else "new",
-            settings.schedule, sorted(frozen) or "none", dict(settings.lr_multipliers),
+            "Fine-tuning a %s classifier from the language model in %s (%s): %d-token vocabulary, schedule %s, "
+            "frozen %s, lr multipliers %s",
+            model.name, pretrained.directory, ", ".join(copied), vocab_size, settings.schedule,
+            sorted(settings.freeze or []) or "none", dict(settings.lr_multipliers),
         )
     return classifier, groups, schedule
+
+
+def finetune_from_pretrained(
+    cfg: DictConfig, dist: Distribution, directory: str, pretrained: PretrainedRun, tracker: tracking.Tracker,
+    vocab: DictConfig | None = None,
+) -> dict:
+    """Fine-tune a classifier on `cfg.dataset` from a pretrained language model and write the run dir.
+
+    The pretrained model's config fixes the architecture (as a source run's
+    does); keys that shape no pretrained weight may be set over it, e.g.
+    `+model.pooling=mean` (ULMFiT pools rather than take the last state).
+    `vocab` (default `cfg.init`) says whether to extend the vocabulary."""
+    with open_dict(cfg):
+        cfg.model = OmegaConf.merge(pretrained.config.model, cfg.get("model") or {})
+    check_compatible(pretrained, cfg.model)
+    vocabulary = pretrained_vocabulary(vocab or cfg.init, dist, pretrained, lambda: load_dataset(cfg.dataset).train.texts)
+    data, vocabulary, vectorizer, _ = load_and_tokenize(cfg, dist, vocabulary=vocabulary)
+    classifier, groups, schedule = pretrained_classifier(cfg.finetune, dist, pretrained, len(vocabulary), data.label_names, cfg.model)
+    return fit_and_report(cfg, dist, directory, data, vocabulary, vectorizer, classifier, tracker, groups, schedule)
 
 
 def finetune_run(cfg: DictConfig, dist: Distribution, directory: str, source: Run, tracker: tracking.Tracker) -> dict:
@@ -194,13 +244,18 @@ def finetune_run(cfg: DictConfig, dist: Distribution, directory: str, source: Ru
 
 @hydra_task("finetune")
 def main(cfg: DictConfig) -> dict:
+    if init_from(cfg) and cfg.finetune.source:
+        raise UserError("set finetune.source (a classifier run) or init.from (a pretrain run), not both.")
     dist, directory = start(cfg)
     group = cfg.logger.get("group") or os.path.basename(os.path.normpath(directory))
-    source = prepare_source(cfg, dist, directory, group)
+    if init_from(cfg):  # ULMFiT: from a pretrained language model
+        source, finetune = load_pretrained(init_from(cfg)), finetune_from_pretrained
+    else:
+        source, finetune = prepare_source(cfg, dist, directory, group), finetune_run
     tracker = tracking.start(cfg, dist, directory, job_type="finetune", group=tracking.source_group(source.directory) or group)
     try:
         tracker.use_model(source.directory)
-        metrics = finetune_run(cfg, dist, directory, source, tracker)
+        metrics = finetune(cfg, dist, directory, source, tracker)
     finally:
         tracker.finish()
     if dist.is_chief:

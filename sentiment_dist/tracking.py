@@ -24,6 +24,7 @@ from sentiment_dist.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("model.keras", "vocabulary.txt", "labels.json", "config.yaml", "metrics.json")
+PRETRAIN_FILES = ("language_model.weights.h5", "vocabulary.txt", "config.yaml", "metrics.json")
 TRACKING_FILE = "tracking.json"  # the W&B run and artifact a run dir was logged as
 
 
@@ -37,6 +38,8 @@ class Tracker:
     def log_epoch(self, epoch: int, logs: dict) -> None: ...
 
     def log_results(self, metrics: dict, run_dir: str) -> None: ...
+
+    def log_pretrain_results(self, metrics: dict, run_dir: str) -> None: ...
 
     def use_model(self, source_dir: str) -> None: ...
 
@@ -123,6 +126,32 @@ class WandbTracker(Tracker):
              "group": self.run.group, "artifact": f"model-{self.run.id}", "mode": self.mode},
         )
 
+    def log_pretrain_results(self, metrics: dict, run_dir: str) -> None:
+        self._guard("summary", self._log_pretrain_results, metrics, run_dir)
+
+    def _log_pretrain_results(self, metrics: dict, run_dir: str) -> None:
+        import wandb
+
+        for split in ("test", "validation"):
+            for key in ("loss", "perplexity", "accuracy"):
+                self.run.summary[f"{split}/{key}"] = metrics[split][key]
+            for direction, perplexity in metrics[split]["perplexity_by_direction"].items():
+                self.run.summary[f"{split}/perplexity_{direction}"] = perplexity
+        self.run.summary["tokens_per_second"] = metrics["tokens_per_second"]
+        self.run.summary["train_seconds"] = metrics["train_seconds"]
+        if os.path.exists(os.path.join(run_dir, "training_curves.png")):
+            self.run.log({"plots/training_curves": wandb.Image(os.path.join(run_dir, "training_curves.png"))})
+        if self.run.config.get("logger", {}).get("log_model", True):
+            artifact = wandb.Artifact(f"lm-{self.run.id}", type="language_model", metadata={"test_perplexity": metrics["test"]["perplexity"]})
+            for name in PRETRAIN_FILES:
+                artifact.add_file(os.path.join(run_dir, name))
+            self.run.log_artifact(artifact, aliases=["latest"])
+        atomic_write_json(
+            os.path.join(run_dir, TRACKING_FILE),
+            {"run_id": self.run.id, "project": self.run.project, "entity": self.run.entity,
+             "group": self.run.group, "artifact": f"lm-{self.run.id}", "type": "language_model", "mode": self.mode},
+        )
+
     def use_model(self, source_dir: str) -> None:
         self._guard("use_artifact", self._use_model, source_dir)
 
@@ -148,7 +177,7 @@ class WandbTracker(Tracker):
         reference = f"{info['entity']}/{info['project']}/{info['artifact']}:latest" if info.get("entity") else f"{info['artifact']}:latest"
         self.run.config.update({"source_model": reference, "source_run_dir": os.path.abspath(source_dir)}, allow_val_change=True)
         if self.mode == "online":
-            self.run.use_artifact(reference, type="model")
+            self.run.use_artifact(reference, type=info.get("type", "model"))
         else:
             log.info("Offline W&B cannot record lineage; the source model %s is noted in the run config.", reference)
 

@@ -28,6 +28,13 @@ from sentiment_dist.data.pipeline import (
 )
 from sentiment_dist.distribute import Distribution, make_distribution
 from sentiment_dist.io import atomic_write, atomic_write_json, atomic_write_text
+from sentiment_dist.language_model import (
+    check_compatible,
+    copy_pretrained,
+    init_from,
+    load_pretrained,
+    pretrained_vocabulary,
+)
 from sentiment_dist.models import build_classifier, inference_model
 from sentiment_dist.report import classification_metrics, format_metrics_table, plot_confusion, plot_history
 from sentiment_dist.runs import CONFIG_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE
@@ -174,10 +181,21 @@ def save_run(
 
 
 def train_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: tracking.Tracker) -> dict:
-    """Train a classifier from scratch as `cfg` says and write its run dir."""
-    data, vocabulary, vectorizer, _ = load_and_tokenize(cfg, dist)
+    """Train a classifier as `cfg` says (from scratch, or from the language
+    model `init.from` names) and write its run dir."""
+    pretrained = load_pretrained(init_from(cfg)) if init_from(cfg) else None
+    vocabulary = None
+    if pretrained:
+        check_compatible(pretrained, cfg.model)
+        tracker.use_model(pretrained.directory)
+        vocabulary = pretrained_vocabulary(cfg.init, dist, pretrained, lambda: load_dataset(cfg.dataset).train.texts)
+    data, vocabulary, vectorizer, _ = load_and_tokenize(cfg, dist, vocabulary)
     with dist.scope():
         classifier = build_classifier(cfg.model, len(vocabulary), len(data.label_names))
+        if pretrained:
+            copied = copy_pretrained(pretrained, classifier)
+            if dist.is_chief:
+                log.info("Initialised %s from the language model in %s.", ", ".join(copied), pretrained.directory)
     return fit_and_report(cfg, dist, directory, data, vocabulary, vectorizer, classifier, tracker)
 
 

@@ -7,6 +7,12 @@ replicas by the `Distribution`, clipped by their global norm, and applied by
 one optimizer per parameter group (discriminative learning rates). Keras
 callbacks (progress bar, early stopping, LR on plateau, NaN guard) are driven
 through a `CallbackList`; resume state lives in `tf.train.CheckpointManager`.
+
+What is optimised is a `Task`: `ClassificationTask` (per-example
+cross-entropy) for classifiers, `LanguageModelTask`
+(`sentiment_dist.language_model`) for pretraining. A task supplies the
+replica loss, the held-out evaluation and the epoch's logs; distribution,
+clipping, optimizers, callbacks and checkpoints stay here, written once.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -129,7 +136,8 @@ class Evaluator:
         losses = per_example_loss(labels, probabilities, self.num_classes)
         predicted = predicted_class(probabilities, self.num_classes)
         confusion = tf.math.confusion_matrix(labels, predicted, self.num_classes, weights=weights, dtype=tf.float32)
-        return tf.reduce_sum(losses * weights), confusion
+        # Padding rows are all-zero tokens: mean pooling over an empty mask gives NaN, and NaN * 0 is NaN.
+        return tf.reduce_sum(tf.where(weights > 0, losses * weights, 0.0)), confusion
 
     def evaluate(self, split: TokenizedSplit) -> EvaluationResult:
         """Every example of `split` counted exactly once (padding has weight 0)."""
@@ -143,21 +151,72 @@ class Evaluator:
         return EvaluationResult(loss_sum / max(int(confusion.sum()), 1), confusion)
 
 
+class Task(Protocol):
+    """What the trainer optimises and how an epoch is scored."""
+
+    def replica_loss(self, model: keras.Model, batch: tuple, global_batch: int, dist: Distribution) -> tuple[Any, Any]:
+        """This replica's share of the global mean loss (summed over replicas
+        it is the loss of the whole global batch), and its statistics
+        `[loss sum, correct, count]` to be summed over replicas."""
+
+    def progress(self, totals: np.ndarray) -> dict[str, float]:
+        """Running logs from the summed statistics; `loss` first."""
+
+    def evaluator(self, dist: Distribution, model: keras.Model, global_batch: int) -> Any:
+        """An object whose `evaluate(split)` scores held-out data."""
+
+    def epoch_logs(self, totals: np.ndarray, result: Any, seconds: float) -> dict[str, float]:
+        """Training and validation metrics of one epoch (`val_loss` among them)."""
+
+
+class ClassificationTask:
+    """Per-example cross-entropy of a classifier, summed over the global batch."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+    def replica_loss(self, model, batch, global_batch, dist):
+        tokens, labels, weights = batch
+        probabilities = model(tokens, training=True)
+        losses = per_example_loss(labels, probabilities, self.num_classes)
+        correct = tf.cast(tf.equal(predicted_class(probabilities, self.num_classes), labels), tf.float32)
+        real = tf.cast(weights > 0, tf.float32)
+        stats = tf.stack([tf.reduce_sum(losses * weights), tf.reduce_sum(correct * real), tf.reduce_sum(real)])
+        return tf.reduce_sum(losses * weights) / global_batch, stats
+
+    def progress(self, totals):
+        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / max(totals[2], 1)}
+
+    def evaluator(self, dist, model, global_batch):
+        return Evaluator(dist, model, self.num_classes, global_batch)
+
+    def epoch_logs(self, totals, result, seconds):
+        return {
+            "loss": totals[0] / totals[2],
+            "accuracy": totals[1] / totals[2],
+            "val_loss": result.loss,
+            "val_accuracy": result.accuracy,
+            "val_macro_f1": macro_f1(result.confusion),
+        }
+
+
 class Trainer:
-    """Trains a classifier under a `Distribution`; identical on every rank."""
+    """Trains a model on a `Task` under a `Distribution`; identical on every rank.
+
+    `task` is a `Task`, or a number of classes for the classification task."""
 
     def __init__(
         self,
         dist: Distribution,
         model: keras.Model,
-        num_classes: int,
+        task: Task | int,
         cfg: DictConfig,
         seed: int,
         groups: list[ParamGroup] | None = None,
     ):
         self.dist = dist
         self.model = model
-        self.num_classes = num_classes
+        self.task = ClassificationTask(task) if isinstance(task, int) else task
         self.cfg = cfg
         self.seed = seed
         self.global_batch = cfg.batch_size * dist.num_replicas
@@ -176,7 +235,7 @@ class Trainer:
         self.model.stop_training = False
         dist.broadcast_variables(self.model.variables + self.optimizer.variables)
         self._train_step_fn = None
-        self.evaluator = Evaluator(dist, model, num_classes, self.global_batch)
+        self.evaluator = self.task.evaluator(dist, model, self.global_batch)
 
     # -- set-up -----------------------------------------------------------
     def _effective_learning_rate(self) -> float:
@@ -212,13 +271,11 @@ class Trainer:
         self._train_step_fn = None  # retrace with the new set
 
     # -- steps ------------------------------------------------------------
-    def _replica_train_step(self, tokens, labels, weights):
+    def _replica_train_step(self, *batch):
         active = [group for group in self.groups if group.trainable]
         variables = [v for group in active for v in group.variables]
         with tf.GradientTape() as tape:
-            probabilities = self.model(tokens, training=True)
-            losses = per_example_loss(labels, probabilities, self.num_classes)
-            loss = tf.reduce_sum(losses * weights) / self.global_batch
+            loss, stats = self.task.replica_loss(self.model, batch, self.global_batch, self.dist)
             if self.model.losses:  # L2: counted once after summing over replicas
                 loss += tf.add_n(self.model.losses) / self.dist.num_replicas
             first = active[0].optimizer
@@ -233,9 +290,7 @@ class Trainer:
             count = len(group.variables)
             group.optimizer.apply_gradients(zip(gradients[start : start + count], group.variables, strict=True))
             start += count
-        correct = tf.cast(tf.equal(predicted_class(probabilities, self.num_classes), labels), tf.float32)
-        real = tf.cast(weights > 0, tf.float32)
-        return tf.stack([tf.reduce_sum(losses * weights), tf.reduce_sum(correct * real), tf.reduce_sum(real)])
+        return stats
 
     def _train_step(self, batch):
         if self._train_step_fn is None:
@@ -250,7 +305,7 @@ class Trainer:
         return self._train_step_fn(batch)
 
     # -- loops ------------------------------------------------------------
-    def evaluate(self, split: TokenizedSplit) -> EvaluationResult:
+    def evaluate(self, split: TokenizedSplit) -> Any:
         return self.evaluator.evaluate(split)
 
     def fit(
@@ -303,8 +358,9 @@ class Trainer:
             for step, batch in enumerate(batches):
                 callback_list.on_train_batch_begin(step)
                 totals += self._train_step(batch).numpy()
-                loss = totals[0] / totals[2]
-                callback_list.on_train_batch_end(step, {"loss": loss, "accuracy": totals[1] / max(totals[2], 1)})
+                running = self.task.progress(totals)
+                loss = running["loss"]
+                callback_list.on_train_batch_end(step, running)
                 if not math.isfinite(loss):
                     self.model.stop_training = True
                     raise TrainingDiverged(
@@ -320,11 +376,7 @@ class Trainer:
             seconds = time.perf_counter() - started
             result = self.evaluate(validation)
             logs = {
-                "loss": totals[0] / totals[2],
-                "accuracy": totals[1] / totals[2],
-                "val_loss": result.loss,
-                "val_accuracy": result.accuracy,
-                "val_macro_f1": macro_f1(result.confusion),
+                **self.task.epoch_logs(totals, result, seconds),
                 "learning_rate": self.optimizer.learning_rate,
                 "epoch_seconds": seconds,
                 "examples_per_second": steps * self.global_batch / seconds,

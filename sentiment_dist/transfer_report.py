@@ -6,7 +6,10 @@ repeat (a different seeded sample of N), on the full target test set:
 - `source_as_is`: the source model applied unchanged (when the label sets match);
 - `scratch`: the same architecture trained on the N examples alone;
 - `tfidf_logreg`: TF-IDF (1-2 grams) + logistic regression on the N examples;
-- `finetune_<schedule>`: the source model fine-tuned on the N examples.
+- `finetune_<schedule>`: the source model fine-tuned on the N examples;
+- `lm_finetune_<schedule>` (ULMFiT): a language model pretrained on the source
+  run's texts with its architecture (or `init.from`), adapted to the target's unlabeled train texts, then
+  fine-tuned into a classifier on the N examples (`report.lm_schedules`).
 
 Every method sees the same N examples and the same (full) target validation
 split for early stopping. Writes `transfer_report.json`, `transfer_report.png`
@@ -30,13 +33,20 @@ from sentiment_dist.data.files import stratified_split
 from sentiment_dist.data.pipeline import build_vocabulary, make_vectorizer, tokenize_split
 from sentiment_dist.distribute import Distribution
 from sentiment_dist.errors import UserError
-from sentiment_dist.finetune import prepare_source, target_vocabulary, transferred_classifier
+from sentiment_dist.finetune import (
+    prepare_source,
+    pretrained_classifier,
+    target_vocabulary,
+    transferred_classifier,
+)
 from sentiment_dist.io import atomic_write, atomic_write_json
+from sentiment_dist.language_model import PretrainedRun, load_pretrained
 from sentiment_dist.models import build_classifier
 from sentiment_dist.report import figure
 from sentiment_dist.runs import Run
 from sentiment_dist.train import start
 from sentiment_dist.trainer import Evaluator, Trainer, macro_f1
+from sentiment_dist.ulmfit import adapted_language_model
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +82,16 @@ class Report:
         self.validation = tokenize_split(self.vectorizer, data.validation.texts, data.validation.labels)
         self.test = tokenize_split(self.vectorizer, data.test.texts, data.test.labels)
         self.rows: list[dict] = []
+        self.lm: PretrainedRun | None = None
+
+    def use_language_model(self, pretrained: PretrainedRun) -> None:
+        """The target-adapted language model the lm_finetune_* methods start from (its own vocabulary)."""
+        self.lm = pretrained
+        self.lm_vectorizer = make_vectorizer(pretrained.config.model.sequence_length, pretrained.vocabulary)
+        self.lm_sets = (
+            tokenize_split(self.lm_vectorizer, self.data.validation.texts, self.data.validation.labels),
+            tokenize_split(self.lm_vectorizer, self.data.test.texts, self.data.test.labels),
+        )
 
     def _trainer_cfg(self, size: int, epochs: int) -> DictConfig:
         trainer = OmegaConf.merge(self.cfg.trainer, {"epochs": epochs, "verbose": False, "resume": False})
@@ -131,6 +151,15 @@ class Report:
             classifier, groups, plan = transferred_classifier(finetune, self.dist, self.source, self.vocab_size, self.data.label_names)
             scores = self._fit_and_score(classifier, train, self._trainer_cfg(size, settings.finetune_epochs), groups, plan)
             self.add(f"finetune_{schedule}", size, repeat, scores)
+        if self.lm is None:
+            return
+        train = tokenize_split(self.lm_vectorizer, texts, labels)
+        for schedule in settings.lm_schedules:
+            keras.utils.set_random_seed(seed)
+            finetune = OmegaConf.merge(self.cfg.finetune, {"schedule": schedule})
+            classifier, groups, plan = pretrained_classifier(finetune, self.dist, self.lm, len(self.lm.vocabulary), self.data.label_names)
+            scores = self._fit_and_score(classifier, train, self._trainer_cfg(size, settings.finetune_epochs), groups, plan, test=self.lm_sets)
+            self.add(f"lm_finetune_{schedule}", size, repeat, scores)
 
     def summary(self) -> list[dict]:
         """Mean and spread of each (method, N) over the repeats."""
@@ -182,6 +211,11 @@ def main(cfg: DictConfig) -> list[dict]:
     source = prepare_source(cfg, dist, directory, cfg.logger.get("group"))
     data = load_dataset(cfg.dataset)
     report = Report(cfg, dist, source, data)
+    if cfg.report.lm_schedules:
+        group = cfg.logger.get("group") or tracking.source_group(source.directory)
+        # The general LM reads the source run's own corpus, with its architecture.
+        lm_dir = adapted_language_model(cfg, dist, directory, source.config.dataset, source.config.model, group)
+        report.use_language_model(load_pretrained(lm_dir))
     report.source_as_is()
     for size in report.sizes():
         for repeat in range(cfg.report.repeats):

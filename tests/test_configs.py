@@ -45,15 +45,19 @@ def test_every_group_option_composes(group, option):
 
 @pytest.mark.parametrize("option", options("experiment"))
 def test_every_experiment_composes(option):
-    transfer = "source" in (CONF / "experiment" / f"{option}.yaml").read_text()  # a train-then-fine-tune recipe
-    cfg = compose_resolved("finetune" if transfer else "train", [f"experiment={option}"])
-    assert cfg["source"]["model"]["name"] if transfer else cfg["model"]["name"]
+    primary = option.split("_")[0]  # ulmfit_* and pretrain_* recipes are for those jobs
+    if primary not in ("ulmfit", "pretrain"):
+        transfer = "source" in (CONF / "experiment" / f"{option}.yaml").read_text()  # a train-then-fine-tune recipe
+        primary = "finetune" if transfer else "train"
+    cfg = compose_resolved(primary, [f"experiment={option}"])
+    assert cfg["source"]["model"]["name"] if primary == "finetune" else cfg["model"]["name"]
     assert cfg["dataset"]["name"]
 
 
 @pytest.mark.parametrize("option", options("debug"))
 def test_every_debug_config_composes(option):
-    primary = {"tiny_transfer": "finetune", "tiny_report": "transfer_report"}.get(option, "train")
+    primary = {"tiny_transfer": "finetune", "tiny_report": "transfer_report", "tiny_pretrain": "pretrain",
+               "tiny_ulmfit": "ulmfit"}.get(option, "train")
     cfg = compose_resolved(primary, [f"debug={option}"])
     assert cfg["logger"]["name"] == "none"
 

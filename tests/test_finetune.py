@@ -183,6 +183,8 @@ def test_transfer_report_compares_every_method_at_every_size(source_run, tmp_pat
                "report.schedules=[gradual]", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
     report = read_json(tmp_path / "run" / "transfer_report.json")
     methods = {(row["method"], row["n"]) for row in report["summary"]}
-    assert methods == {(m, n) for m in ("source_as_is", "scratch", "tfidf_logreg", "finetune_gradual") for n in (64, 256)}
+    methods_run = ("source_as_is", "scratch", "tfidf_logreg", "finetune_gradual", "lm_finetune_gradual")
+    assert methods == {(m, n) for m in methods_run for n in (64, 256)}
+    assert (tmp_path / "run" / "lm_target" / "language_model.weights.h5").exists()  # adapted to the target's text
     assert all(0 <= row["accuracy"] <= 1 and row["repeats"] >= 1 for row in report["summary"])
     assert (tmp_path / "run" / "transfer_report.png").stat().st_size > 10_000

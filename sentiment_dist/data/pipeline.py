@@ -76,6 +76,14 @@ def build_vocabulary(texts: np.ndarray, vocab_size: int | None) -> list[str]:
     return kept[:vocab_size] if vocab_size else kept
 
 
+def extend_vocabulary(source: list[str], target_texts: np.ndarray, max_new_tokens: int) -> list[str]:
+    """The source vocabulary, unchanged, then the most frequent new target tokens."""
+    known = set(source)
+    target = build_vocabulary(target_texts, vocab_size=None)[2:]  # most frequent first
+    new = [token for token in target if token not in known][:max_new_tokens]
+    return list(source) + new
+
+
 def save_vocabulary(vocabulary: list[str], directory: str) -> str:
     path = os.path.join(directory, VOCABULARY_FILE)
     atomic_write_text(path, "\n".join(vocabulary) + "\n")

@@ -56,6 +56,39 @@ class AttentionPooling(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+def recurrent_layer(cfg: DictConfig, index: int, return_sequences: bool, merge_mode: str | None = "concat"):
+    """The `index`-th (bi)LSTM layer of the encoder.
+
+    The classifier and the language model (`sentiment_dist.language_model`)
+    both build their layers here, so pretrained weights have the names and
+    shapes the classifier expects (`return_sequences` and `merge_mode` change
+    no weight)."""
+    lstm = keras.layers.LSTM(
+        cfg.units,
+        return_sequences=return_sequences,
+        recurrent_dropout=cfg.recurrent_dropout,
+        kernel_regularizer=keras.regularizers.L2(cfg.l2) if cfg.l2 else None,
+        name=f"encoder_lstm_{index}",
+    )
+    if cfg.bidirectional:
+        return keras.layers.Bidirectional(lstm, merge_mode=merge_mode, name=f"encoder_bilstm_{index}")
+    return lstm
+
+
+def embed(cfg: DictConfig, tokens: keras.KerasTensor, vocab_size: int) -> keras.KerasTensor:
+    """The `embedding` group: token ids -> (dropped-out) vectors, padding masked."""
+    x = keras.layers.Embedding(
+        vocab_size,
+        cfg.embedding_dim,
+        mask_zero=True,  # right-padded masks keep the cuDNN kernel eligible
+        embeddings_regularizer=keras.regularizers.L2(cfg.l2) if cfg.l2 else None,
+        name="embedding",
+    )(tokens)
+    if cfg.embedding_dropout > 0:
+        x = keras.layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
+    return x
+
+
 def _recurrent_encoder(cfg: DictConfig, tokens: keras.KerasTensor) -> keras.KerasTensor:
     """Stacked (bi)LSTM layers and the pooling that turns a sequence into a vector."""
     if cfg.recurrent_dropout > 0:
@@ -70,16 +103,7 @@ def _recurrent_encoder(cfg: DictConfig, tokens: keras.KerasTensor) -> keras.Kera
     x = tokens
     for index in range(cfg.num_layers):
         last_layer = index == cfg.num_layers - 1
-        lstm = keras.layers.LSTM(
-            cfg.units,
-            return_sequences=not (last_layer and pooling == "last"),
-            recurrent_dropout=cfg.recurrent_dropout,
-            kernel_regularizer=keras.regularizers.L2(cfg.l2) if cfg.l2 else None,
-            name=f"encoder_lstm_{index}",
-        )
-        if cfg.bidirectional:
-            lstm = keras.layers.Bidirectional(lstm, name=f"encoder_bilstm_{index}")
-        x = lstm(x)
+        x = recurrent_layer(cfg, index, return_sequences=not (last_layer and pooling == "last"))(x)
         if not last_layer and cfg.dropout > 0:
             x = keras.layers.Dropout(cfg.dropout, name=f"encoder_dropout_{index}")(x)
     if pooling == "max":
@@ -115,15 +139,7 @@ def build_classifier(cfg: DictConfig, vocab_size: int, num_classes: int) -> kera
     if num_classes < 2:
         raise UserError("the data has fewer than 2 classes; a classifier needs at least two.")
     tokens = keras.Input(shape=(cfg.sequence_length,), dtype="int32", name="tokens")
-    x = keras.layers.Embedding(
-        vocab_size,
-        cfg.embedding_dim,
-        mask_zero=True,  # right-padded masks keep the cuDNN kernel eligible
-        embeddings_regularizer=keras.regularizers.L2(cfg.l2) if cfg.l2 else None,
-        name="embedding",
-    )(tokens)
-    if cfg.embedding_dropout > 0:
-        x = keras.layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
+    x = embed(cfg, tokens, vocab_size)
     x = ENCODERS[cfg.name](cfg, x)
     if cfg.dropout > 0:
         x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)

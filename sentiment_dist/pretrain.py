@@ -1,0 +1,175 @@
+"""`python -m sentiment_dist.pretrain`: pretrain the embedding and encoder as a language model.
+
+    python -m sentiment_dist.pretrain dataset=imdb dataset.path=IMDB_Dataset.csv model=bilstm
+    # continue on the target domain's unlabeled text, keeping (or extending) the vocabulary
+    python -m sentiment_dist.pretrain init.from=outputs/pretrain/<time> dataset=ecommerce dataset.path=reviews.csv
+    # a classifier from the pretrained groups (finetune adds gradual unfreezing and discriminative rates)
+    python -m sentiment_dist.finetune init.from=outputs/pretrain/<time> dataset=ecommerce dataset.path=reviews.csv
+
+Any dataset serves: its labels are ignored. The train split's texts are the
+training text, the validation split's give the held-out perplexity that
+early stopping watches, the test split's the perplexity reported at the end.
+The run dir holds `config.yaml`, `vocabulary.txt`, `language_model.weights.h5`
+(embedding, encoder and LM heads), `history.json` and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig, OmegaConf
+
+from sentiment_dist import tracking
+from sentiment_dist.callbacks import checkpoint_paths, make_callbacks
+from sentiment_dist.config import hydra_task, resolved
+from sentiment_dist.data import load_dataset
+from sentiment_dist.data.pipeline import (
+    TokenizedSplit,
+    build_vocabulary,
+    make_vectorizer,
+    save_vocabulary,
+    vectorize,
+)
+from sentiment_dist.distribute import Distribution
+from sentiment_dist.io import atomic_write, atomic_write_json, atomic_write_text
+from sentiment_dist.language_model import (
+    LM_WEIGHTS_FILE,
+    LanguageModelTask,
+    build_language_model,
+    check_compatible,
+    copy_pretrained,
+    init_from,
+    load_pretrained,
+    pretrained_vocabulary,
+    unigram_log_frequencies,
+)
+from sentiment_dist.report import plot_history
+from sentiment_dist.runs import CONFIG_FILE, METRICS_FILE
+from sentiment_dist.train import start
+from sentiment_dist.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def unlabeled(vectorizer, texts: np.ndarray) -> TokenizedSplit:
+    """Token ids of `texts` for the shared pipeline (labels unused, weight 1)."""
+    return TokenizedSplit(vectorize(vectorizer, texts), np.zeros(len(texts), np.int32), np.ones(len(texts), np.float32))
+
+
+def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: tracking.Tracker) -> dict:
+    """Train `cfg.model`'s embedding and encoder as a language model on `cfg.dataset`'s texts."""
+    data = load_dataset(cfg.dataset)
+    source = init_from(cfg)
+    pretrained = load_pretrained(source) if source else None
+    if pretrained:
+        check_compatible(pretrained, cfg.model)
+        vocabulary = pretrained_vocabulary(cfg.init, dist, pretrained, lambda: data.train.texts)
+    else:
+        vocabulary = dist.broadcast_object(build_vocabulary(data.train.texts, cfg.model.vocab_size) if dist.is_chief else None)
+    vectorizer = make_vectorizer(cfg.model.sequence_length, vocabulary)
+    train, validation, test = (unlabeled(vectorizer, split.texts) for split in (data.train, data.validation, data.test))
+    with dist.scope():
+        model = build_language_model(cfg.model, len(vocabulary))
+        if pretrained:
+            copy_pretrained(pretrained, model)
+        else:
+            for head in model.heads:
+                head.bias.assign(unigram_log_frequencies(train.tokens, len(vocabulary)))
+    task = LanguageModelTask(len(vocabulary), cfg.lm.num_sampled)
+    trainer = Trainer(dist, model, task, cfg.trainer, cfg.seed)
+    environment = {
+        **dist.describe(),
+        "global_batch_size": trainer.global_batch,
+        "effective_learning_rate": trainer.base_learning_rate,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "train_texts": len(train),
+        "softmax": f"sampled ({task.num_sampled} negatives)" if task.num_sampled else "full",
+    }
+    if dist.is_chief:
+        log.info(
+            "Pretraining a %s language model (%s) on %d %s texts: %d-token vocabulary%s, %s softmax; "
+            "strategy %s, %d replica(s), global batch %d",
+            cfg.model.name, "forward + backward" if cfg.model.bidirectional else "forward", len(train), cfg.dataset.name,
+            len(vocabulary), f" from {pretrained.directory}" if pretrained else "", environment["softmax"],
+            dist.name, dist.num_replicas, trainer.global_batch,
+        )
+        tracker.update_config({"environment": environment})
+    checkpoint_dir, best_path = checkpoint_paths(directory)
+    steps = len(train) // trainer.global_batch
+    callbacks = make_callbacks(cfg.trainer, float(cfg.trainer.learning_rate), trainer.base_learning_rate, steps, best_path, dist.is_chief)
+    callbacks.append(tracking.EpochLogger(tracker))
+    history = trainer.fit(
+        train, validation, cfg.trainer.epochs, callbacks,
+        checkpoint_dir=checkpoint_dir if cfg.trainer.resume else None, verbose=cfg.trainer.verbose,
+    )
+    epochs = history.epochs
+    metrics = {
+        "validation": trainer.evaluate(validation).as_dict(),
+        "test": trainer.evaluate(test).as_dict(),
+        "epochs_run": len(epochs),
+        "train_seconds": float(sum(epoch["epoch_seconds"] for epoch in epochs)),
+        "tokens_per_second": float(np.mean([epoch["tokens_per_second"] for epoch in epochs])) if epochs else 0.0,
+        "vocab_size": len(vocabulary),
+        "init_from": os.path.abspath(pretrained.directory) if pretrained else None,
+        "environment": environment,
+    }
+    if dist.is_chief:
+        atomic_write_text(os.path.join(directory, CONFIG_FILE), OmegaConf.to_yaml(resolved(cfg)))
+        save_vocabulary(vocabulary, directory)
+        atomic_write(os.path.join(directory, LM_WEIGHTS_FILE), model.save_weights)
+        atomic_write_json(os.path.join(directory, "history.json"), history.as_columns())
+        plot_history(history.as_columns(), os.path.join(directory, "training_curves.png"))
+        atomic_write_json(os.path.join(directory, METRICS_FILE), metrics)
+        held_out = metrics["test"]
+        log.info(
+            "Held-out perplexity %.2f on %d test tokens%s; next-token accuracy %.3f; %.0f tokens/s",
+            held_out["perplexity"], held_out["tokens"],
+            "".join(f", {d} {p:.2f}" for d, p in held_out["perplexity_by_direction"].items()) if cfg.model.bidirectional else "",
+            held_out["accuracy"], metrics["tokens_per_second"],
+        )
+        tracker.log_pretrain_results(metrics, directory)
+    return metrics
+
+
+def pretrain_stage(cfg: DictConfig, dist: Distribution, directory: str, group: str | None) -> str:
+    """Run (or, when `directory` already holds a finished one, reuse) a pretraining stage of a longer job.
+
+    The chief decides and writes; the closing broadcast is a barrier, so no
+    rank reads the stage's files before the chief has written them (the
+    ranks of one job share a file system, as for finetune's in-job source)."""
+    done = dist.broadcast_object(os.path.exists(os.path.join(directory, METRICS_FILE)) if dist.is_chief else None)
+    if done:
+        if dist.is_chief:
+            log.info("Reusing the language model already pretrained in %s.", directory)
+        return directory
+    tracker = tracking.start(cfg, dist, directory, job_type="pretrain", group=group)
+    try:
+        pretrain_run(cfg, dist, directory, tracker)
+    finally:
+        tracker.finish()
+    dist.broadcast_object(None)
+    return directory
+
+
+@hydra_task("pretrain")
+def main(cfg: DictConfig) -> dict:
+    dist, directory = start(cfg)
+    source = init_from(cfg)
+    group = tracking.source_group(source) if source else None  # continued pretraining joins its source's group
+    tracker = tracking.start(cfg, dist, directory, job_type="pretrain", group=group)
+    try:
+        metrics = pretrain_run(cfg, dist, directory, tracker)
+    finally:
+        tracker.finish()
+    if dist.is_chief:
+        print(f"Run directory: {os.path.abspath(directory)}", flush=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
