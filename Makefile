@@ -28,8 +28,11 @@ $(VENV)/.horovod: launch/build_horovod.sh $(INSTALLED)
 run: setup
 	$(PY) -m sentiment_dist
 
+# Tests mostly wait on TensorFlow starting in subprocesses: two at a time per
+# pair of cores cuts the suite from ~10 to ~6 minutes on 2 cores; capped so a big
+# machine does not start dozens of TensorFlow jobs at once.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4
 
 # Benchmarks write benchmarks/results/*.json and *.md; see benchmarks/README.md.
 bench: setup

@@ -4,7 +4,6 @@ output, and a crashing worker failing the whole job cleanly."""
 from __future__ import annotations
 
 import glob
-import tempfile
 
 import pytest
 from conftest import TINY, cli_env, horovodrun, module, multiworker, only_run_dir, read_json, run
@@ -17,16 +16,17 @@ JOBS = {
 }
 
 
-def scratch_dirs() -> set[str]:
-    return set(glob.glob(f"{tempfile.gettempdir()}/sentiment-dist-*"))
+def scratch_dirs(temp) -> list[str]:
+    return glob.glob(f"{temp}/sentiment-dist-*")
 
 
 @pytest.mark.parametrize("strategy", sorted(JOBS))
 def test_a_distributed_job_makes_one_run_dir_from_all_the_data(strategy, tmp_path, request):
     if strategy == "horovod":
         request.getfixturevalue("horovod_available")
-    before = scratch_dirs()
-    result = run(JOBS[strategy](), cwd=tmp_path)
+    temp = tmp_path / "tmp"  # this job's own TMPDIR: what its ranks leave there is theirs alone
+    temp.mkdir()
+    result = run(JOBS[strategy](), cwd=tmp_path, env=cli_env(TMPDIR=str(temp)))
     run_dir = only_run_dir(tmp_path / "outputs")
     assert len(list((tmp_path / "outputs" / "train").iterdir())) == 1
     metrics = read_json(run_dir / "metrics.json")
@@ -38,7 +38,7 @@ def test_a_distributed_job_makes_one_run_dir_from_all_the_data(strategy, tmp_pat
     assert result.stdout.count("Epoch 1/2") == 1 and result.stdout.count("Run directory:") == 1
     assert result.stdout.count("Strategy ") == 1
     assert "global batch 32" in result.stdout
-    assert scratch_dirs() <= before, "a worker left its scratch dir behind"
+    assert not scratch_dirs(temp), "a worker left its scratch dir behind"
 
 
 # Rank 1 dies (os._exit, like a segfault or OOM kill) when training starts,

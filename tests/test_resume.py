@@ -26,8 +26,8 @@ def model_cfg():
     cfg.merge_with({"sequence_length": 10, "embedding_dim": 6, "units": 4, "dropout": 0.0})
     return cfg
 
-EPOCHS = 3
-LONG_EPOCHS = [*TINY, "dataset.num_train=3072", f"trainer.epochs={EPOCHS}", "trainer.early_stopping.patience=null"]
+EPOCHS = 2
+LONG_EPOCHS = [*TINY, "dataset.num_train=2048", f"trainer.epochs={EPOCHS}", "trainer.early_stopping.patience=null"]
 LAUNCH = {
     "single": lambda args: module("train", *args),
     "mirrored": lambda args: module("train", *args, "strategy=mirrored", "strategy.cpu_devices=2", "trainer.batch_size=16"),
@@ -64,7 +64,7 @@ def test_sigkill_after_the_first_epoch_then_rerun_finishes_the_run(strategy, tmp
     assert "Resuming from" in result.stdout
     metrics = read_json(run_dir / "metrics.json")
     assert metrics["epochs_run"] == EPOCHS
-    assert read_json(run_dir / "history.json")["epoch"] == [1, 2, 3]
+    assert read_json(run_dir / "history.json")["epoch"] == [1, 2]
     assert not list(run_dir.rglob(".tmp-*")), "a temporary file was left behind"
 
 
