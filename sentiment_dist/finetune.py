@@ -40,7 +40,7 @@ from sentiment_dist.language_model import (
 )
 from sentiment_dist.models import GROUPS, build_classifier, group_variables, layer_group
 from sentiment_dist.runs import METRICS_FILE, Run, load_run
-from sentiment_dist.train import fit_and_report, load_and_tokenize, start, train_run
+from sentiment_dist.train import fit_and_report, load_and_tokenize, run_tracked, start, train_run
 from sentiment_dist.trainer import ParamGroup
 
 log = logging.getLogger(__name__)
@@ -252,15 +252,10 @@ def main(cfg: DictConfig) -> dict:
         source, finetune = load_pretrained(init_from(cfg)), finetune_from_pretrained
     else:
         source, finetune = prepare_source(cfg, dist, directory, group), finetune_run
-    tracker = tracking.start(cfg, dist, directory, job_type="finetune", group=tracking.source_group(source.directory) or group)
-    try:
-        tracker.use_model(source.directory)
-        metrics = finetune(cfg, dist, directory, source, tracker)
-    finally:
-        tracker.finish()
-    if dist.is_chief:
-        print(f"Run directory: {os.path.abspath(directory)}", flush=True)
-    return metrics
+    return run_tracked(
+        cfg, dist, directory, "finetune", lambda tracker: finetune(cfg, dist, directory, source, tracker),
+        group=tracking.source_group(source.directory) or group, input_model=source.directory,
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from sentiment_dist.language_model import (
 )
 from sentiment_dist.report import plot_history
 from sentiment_dist.runs import CONFIG_FILE, METRICS_FILE
-from sentiment_dist.train import start
+from sentiment_dist.train import run_tracked, start
 from sentiment_dist.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -161,14 +161,9 @@ def main(cfg: DictConfig) -> dict:
     dist, directory = start(cfg)
     source = init_from(cfg)
     group = tracking.source_group(source) if source else None  # continued pretraining joins its source's group
-    tracker = tracking.start(cfg, dist, directory, job_type="pretrain", group=group)
-    try:
-        metrics = pretrain_run(cfg, dist, directory, tracker)
-    finally:
-        tracker.finish()
-    if dist.is_chief:
-        print(f"Run directory: {os.path.abspath(directory)}", flush=True)
-    return metrics
+    return run_tracked(
+        cfg, dist, directory, "pretrain", lambda tracker: pretrain_run(cfg, dist, directory, tracker), group=group
+    )
 
 
 if __name__ == "__main__":

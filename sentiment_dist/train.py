@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -199,17 +200,33 @@ def train_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: trac
     return fit_and_report(cfg, dist, directory, data, vocabulary, vectorizer, classifier, tracker)
 
 
-@hydra_task("train")
-def main(cfg: DictConfig) -> dict:
-    dist, directory = start(cfg)
-    tracker = tracking.start(cfg, dist, directory, job_type="train")
+def run_tracked(
+    cfg: DictConfig,
+    dist: Distribution,
+    directory: str,
+    job_type: str,
+    body: Callable[[tracking.Tracker], dict],
+    group: str | None = None,
+    input_model: str | None = None,
+) -> dict:
+    """Run `body(tracker)` as one W&B run (declaring `input_model`'s artifact as its
+    input), then print where the run dir is: the last step of every entry point."""
+    tracker = tracking.start(cfg, dist, directory, job_type=job_type, group=group)
     try:
-        metrics = train_run(cfg, dist, directory, tracker)
+        if input_model:
+            tracker.use_model(input_model)
+        metrics = body(tracker)
     finally:
         tracker.finish()
     if dist.is_chief:
         print(f"Run directory: {os.path.abspath(directory)}", flush=True)
     return metrics
+
+
+@hydra_task("train")
+def main(cfg: DictConfig) -> dict:
+    dist, directory = start(cfg)
+    return run_tracked(cfg, dist, directory, "train", lambda tracker: train_run(cfg, dist, directory, tracker))
 
 
 if __name__ == "__main__":

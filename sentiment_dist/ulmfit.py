@@ -23,14 +23,13 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
-from sentiment_dist import tracking
 from sentiment_dist.config import hydra_task
 from sentiment_dist.distribute import Distribution
 from sentiment_dist.errors import UserError
 from sentiment_dist.finetune import finetune_from_pretrained
 from sentiment_dist.language_model import init_from, load_pretrained
 from sentiment_dist.pretrain import pretrain_stage
-from sentiment_dist.train import start
+from sentiment_dist.train import run_tracked, start
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +73,12 @@ def main(cfg: DictConfig) -> dict:
     group = cfg.logger.get("group") or os.path.basename(os.path.normpath(directory))
     lm_dir = adapted_language_model(cfg, dist, directory, cfg.general.dataset, cfg.model, group)
     pretrained = load_pretrained(lm_dir)
-    tracker = tracking.start(cfg, dist, directory, job_type="finetune", group=group)
-    try:
-        tracker.use_model(pretrained.directory)
-        metrics = finetune_from_pretrained(cfg, dist, directory, pretrained, tracker, vocab=OmegaConf.create({"vocab": "source"}))
-    finally:
-        tracker.finish()
-    if dist.is_chief:
-        print(f"Run directory: {os.path.abspath(directory)}", flush=True)
-    return metrics
+    vocab = OmegaConf.create({"vocab": "source"})
+    return run_tracked(
+        cfg, dist, directory, "finetune",
+        lambda tracker: finetune_from_pretrained(cfg, dist, directory, pretrained, tracker, vocab=vocab),
+        group=group, input_model=pretrained.directory,
+    )
 
 
 if __name__ == "__main__":
