@@ -98,8 +98,12 @@ def prepare_source(cfg: DictConfig, dist: Distribution, directory: str, tracker_
     source_dir = cfg.finetune.source
     if source_dir is None:
         source_dir = os.path.join(directory, "source")
-        if os.path.exists(os.path.join(source_dir, METRICS_FILE)):
-            log.info("Reusing the source model already trained in %s.", source_dir)
+        # The chief decides and writes; the closing broadcast is a barrier, so no rank
+        # loads the source before the chief has written it (ranks share the run dir).
+        done = dist.broadcast_object(os.path.exists(os.path.join(source_dir, METRICS_FILE)) if dist.is_chief else None)
+        if done:
+            if dist.is_chief:
+                log.info("Reusing the source model already trained in %s.", source_dir)
         else:
             source_cfg = source_config(cfg)
             tracker = tracking.start(source_cfg, dist, source_dir, job_type="train", group=tracker_group)
@@ -107,6 +111,7 @@ def prepare_source(cfg: DictConfig, dist: Distribution, directory: str, tracker_
                 train_run(source_cfg, dist, source_dir, tracker)
             finally:
                 tracker.finish()
+            dist.broadcast_object(None)
     elif not os.path.isdir(source_dir) and source_dir.count("/") == 2 and ":" in source_dir:
         # A W&B artifact reference: every rank downloads into its own dir.
         source_dir = tracking.download_model(source_dir, os.path.join(tempfile.gettempdir(), f"sentiment-dist-source-{dist.rank}"))

@@ -170,11 +170,15 @@ def test_finetune_under_mirrored(source_run, tmp_path):
     assert read_json(tmp_path / "run" / "metrics.json")["environment"]["num_replicas"] == 2
 
 
-def test_finetune_under_horovod(source_run, tmp_path, horovod_available):
-    run(horovodrun() + module("finetune", *TINY_TARGET, f"finetune.source={source_run}", "strategy=horovod",
-                              "trainer.batch_size=16", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
+def test_main_job_under_horovod_trains_the_source_then_fine_tunes(tmp_path, horovod_available):
+    # Both stages distributed: rank 1 must wait for the chief to write the source before loading it.
+    run(horovodrun() + module("finetune", *TINY_TARGET, "strategy=horovod", "trainer.batch_size=16",
+                              "source.trainer.batch_size=16", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
+    source = read_json(tmp_path / "run" / "source" / "metrics.json")
     metrics = read_json(tmp_path / "run" / "metrics.json")
+    assert source["environment"]["world_size"] == 2
     assert metrics["environment"]["world_size"] == 2 and metrics["test"]["examples"] == 256
+    assert metrics["test_before_training"]["examples"] == 256  # scored once, over every rank's shard
     assert metrics["test_before_training"]["examples"] == 256  # scored once, over every rank's shard
 
 
