@@ -39,8 +39,8 @@ from sentiment_dist.language_model import (
     pretrained_vocabulary,
 )
 from sentiment_dist.models import GROUPS, build_classifier, group_variables, layer_group
-from sentiment_dist.runs import METRICS_FILE, Run, load_run
-from sentiment_dist.train import fit_and_report, load_and_tokenize, run_tracked, start, train_run
+from sentiment_dist.runs import Run, load_run
+from sentiment_dist.train import fit_and_report, load_and_tokenize, run_stage, run_tracked, start, train_run
 from sentiment_dist.trainer import ParamGroup
 
 log = logging.getLogger(__name__)
@@ -98,20 +98,11 @@ def prepare_source(cfg: DictConfig, dist: Distribution, directory: str, tracker_
     source_dir = cfg.finetune.source
     if source_dir is None:
         source_dir = os.path.join(directory, "source")
-        # The chief decides and writes; the closing broadcast is a barrier, so no rank
-        # loads the source before the chief has written it (ranks share the run dir).
-        done = dist.broadcast_object(os.path.exists(os.path.join(source_dir, METRICS_FILE)) if dist.is_chief else None)
-        if done:
-            if dist.is_chief:
-                log.info("Reusing the source model already trained in %s.", source_dir)
-        else:
-            source_cfg = source_config(cfg)
-            tracker = tracking.start(source_cfg, dist, source_dir, job_type="train", group=tracker_group)
-            try:
-                train_run(source_cfg, dist, source_dir, tracker)
-            finally:
-                tracker.finish()
-            dist.broadcast_object(None)
+        source_cfg = source_config(cfg)
+        run_stage(
+            source_cfg, dist, source_dir, "train", lambda tracker: train_run(source_cfg, dist, source_dir, tracker),
+            tracker_group,
+        )
     elif not os.path.isdir(source_dir) and source_dir.count("/") == 2 and ":" in source_dir:
         # A W&B artifact reference: every rank downloads into its own dir.
         source_dir = tracking.download_model(source_dir, os.path.join(tempfile.gettempdir(), f"sentiment-dist-source-{dist.rank}"))

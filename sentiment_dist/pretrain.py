@@ -49,7 +49,7 @@ from sentiment_dist.language_model import (
 )
 from sentiment_dist.report import plot_history
 from sentiment_dist.runs import CONFIG_FILE, METRICS_FILE
-from sentiment_dist.train import run_tracked, start
+from sentiment_dist.train import run_stage, run_tracked, start
 from sentiment_dist.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -137,22 +137,8 @@ def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: t
 
 
 def pretrain_stage(cfg: DictConfig, dist: Distribution, directory: str, group: str | None) -> str:
-    """Run (or, when `directory` already holds a finished one, reuse) a pretraining stage of a longer job.
-
-    The chief decides and writes; the closing broadcast is a barrier, so no
-    rank reads the stage's files before the chief has written them (the
-    ranks of one job share a file system, as for finetune's in-job source)."""
-    done = dist.broadcast_object(os.path.exists(os.path.join(directory, METRICS_FILE)) if dist.is_chief else None)
-    if done:
-        if dist.is_chief:
-            log.info("Reusing the language model already pretrained in %s.", directory)
-        return directory
-    tracker = tracking.start(cfg, dist, directory, job_type="pretrain", group=group)
-    try:
-        pretrain_run(cfg, dist, directory, tracker)
-    finally:
-        tracker.finish()
-    dist.broadcast_object(None)
+    """Run (or, when `directory` already holds a finished one, reuse) a pretraining stage of a longer job."""
+    run_stage(cfg, dist, directory, "pretrain", lambda tracker: pretrain_run(cfg, dist, directory, tracker), group)
     return directory
 
 

@@ -114,16 +114,24 @@ class WandbTracker(Tracker):
             if os.path.exists(os.path.join(run_dir, f"{stem}.png"))
         }
         self.run.log({"test/confusion_matrix": table, **images})
+        self._log_run_dir(run_dir, "model", RUN_FILES, {"test": metrics["test"]["accuracy"]})
+
+    def _log_run_dir(self, run_dir: str, kind: str, files: tuple[str, ...], metadata: dict) -> None:
+        """The run dir's `files` as a `kind` artifact, and tracking.json naming it (how later
+        runs find this W&B run: group, lineage)."""
+        import wandb
+
+        name = {"model": "model", "language_model": "lm"}[kind] + f"-{self.run.id}"
         if self.run.config.get("logger", {}).get("log_model", True):
-            artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata={"test": metrics["test"]["accuracy"]})
-            for name in RUN_FILES:
-                if os.path.exists(os.path.join(run_dir, name)):
-                    artifact.add_file(os.path.join(run_dir, name))
+            artifact = wandb.Artifact(name, type=kind, metadata=metadata)
+            for file in files:
+                if os.path.exists(os.path.join(run_dir, file)):
+                    artifact.add_file(os.path.join(run_dir, file))
             self.run.log_artifact(artifact, aliases=["latest"])
         atomic_write_json(
             os.path.join(run_dir, TRACKING_FILE),
             {"run_id": self.run.id, "project": self.run.project, "entity": self.run.entity,
-             "group": self.run.group, "artifact": f"model-{self.run.id}", "mode": self.mode},
+             "group": self.run.group, "artifact": name, "type": kind, "mode": self.mode},
         )
 
     def log_pretrain_results(self, metrics: dict, run_dir: str) -> None:
@@ -141,16 +149,7 @@ class WandbTracker(Tracker):
         self.run.summary["train_seconds"] = metrics["train_seconds"]
         if os.path.exists(os.path.join(run_dir, "training_curves.png")):
             self.run.log({"plots/training_curves": wandb.Image(os.path.join(run_dir, "training_curves.png"))})
-        if self.run.config.get("logger", {}).get("log_model", True):
-            artifact = wandb.Artifact(f"lm-{self.run.id}", type="language_model", metadata={"test_perplexity": metrics["test"]["perplexity"]})
-            for name in PRETRAIN_FILES:
-                artifact.add_file(os.path.join(run_dir, name))
-            self.run.log_artifact(artifact, aliases=["latest"])
-        atomic_write_json(
-            os.path.join(run_dir, TRACKING_FILE),
-            {"run_id": self.run.id, "project": self.run.project, "entity": self.run.entity,
-             "group": self.run.group, "artifact": f"lm-{self.run.id}", "type": "language_model", "mode": self.mode},
-        )
+        self._log_run_dir(run_dir, "language_model", PRETRAIN_FILES, {"test_perplexity": metrics["test"]["perplexity"]})
 
     def use_model(self, source_dir: str) -> None:
         self._guard("use_artifact", self._use_model, source_dir)

@@ -208,9 +208,11 @@ def run_tracked(
     body: Callable[[tracking.Tracker], dict],
     group: str | None = None,
     input_model: str | None = None,
+    announce: bool = True,
 ) -> dict:
     """Run `body(tracker)` as one W&B run (declaring `input_model`'s artifact as its
-    input), then print where the run dir is: the last step of every entry point."""
+    input), then, if `announce`, print where the run dir is: the last step of every
+    entry point."""
     tracker = tracking.start(cfg, dist, directory, job_type=job_type, group=group)
     try:
         if input_model:
@@ -218,9 +220,32 @@ def run_tracked(
         metrics = body(tracker)
     finally:
         tracker.finish()
-    if dist.is_chief:
+    if announce and dist.is_chief:
         print(f"Run directory: {os.path.abspath(directory)}", flush=True)
     return metrics
+
+
+def run_stage(
+    cfg: DictConfig,
+    dist: Distribution,
+    directory: str,
+    job_type: str,
+    body: Callable[[tracking.Tracker], dict],
+    group: str | None = None,
+) -> None:
+    """One stage of a longer job (finetune's in-job source, ULMFiT's language models),
+    reused when `directory` already holds a finished run.
+
+    The chief decides and writes; the closing broadcast is a barrier, so no rank
+    reads the stage's files before the chief has written them (the ranks of one
+    job share its run dir)."""
+    done = dist.broadcast_object(os.path.exists(os.path.join(directory, METRICS_FILE)) if dist.is_chief else None)
+    if done:
+        if dist.is_chief:
+            log.info("Reusing the %s stage already finished in %s.", job_type, directory)
+        return
+    run_tracked(cfg, dist, directory, job_type, body, group, announce=False)
+    dist.broadcast_object(None)
 
 
 @hydra_task("train")
