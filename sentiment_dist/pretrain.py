@@ -9,6 +9,10 @@
 Any dataset serves: its labels are ignored. The train split's texts are the
 training text, the validation split's give the held-out perplexity that
 early stopping watches, the test split's the perplexity reported at the end.
+Held-out perplexity takes the full softmax over the vocabulary, so it is
+scored on a seeded sample of at most `lm.eval_texts` texts of each held-out
+split (the same sample every epoch); the split itself never changes, so no
+test text reaches the language model's training data.
 The run dir holds `config.yaml`, `vocabulary.txt`, `language_model.weights.h5`
 (embedding, encoder and LM heads), `history.json` and `metrics.json`.
 """
@@ -35,6 +39,7 @@ from sentiment_dist.data.pipeline import (
     vectorize,
 )
 from sentiment_dist.distribute import Distribution
+from sentiment_dist.errors import UserError
 from sentiment_dist.io import atomic_write, atomic_write_json, atomic_write_text
 from sentiment_dist.language_model import (
     LM_WEIGHTS_FILE,
@@ -60,6 +65,15 @@ def unlabeled(vectorizer, texts: np.ndarray) -> TokenizedSplit:
     return TokenizedSplit(vectorize(vectorizer, texts), np.zeros(len(texts), np.int32), np.ones(len(texts), np.float32))
 
 
+def held_out_sample(texts: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """At most `limit` of `texts`, a seeded sample in their original order (all of them for None)."""
+    if limit is None or len(texts) <= limit:
+        return texts
+    if limit < 1:
+        raise UserError(f"lm.eval_texts={limit} must be a positive number of texts, or null for all of them.")
+    return texts[np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))]
+
+
 def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: tracking.Tracker) -> dict:
     """Train `cfg.model`'s embedding and encoder as a language model on `cfg.dataset`'s texts."""
     data = load_dataset(cfg.dataset)
@@ -71,7 +85,12 @@ def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: t
     else:
         vocabulary = dist.broadcast_object(build_vocabulary(data.train.texts, cfg.model.vocab_size) if dist.is_chief else None)
     vectorizer = make_vectorizer(cfg.model.sequence_length, vocabulary)
-    train, validation, test = (unlabeled(vectorizer, split.texts) for split in (data.train, data.validation, data.test))
+    eval_texts = cfg.lm.get("eval_texts")
+    train = unlabeled(vectorizer, data.train.texts)
+    validation, test = (
+        unlabeled(vectorizer, held_out_sample(split.texts, eval_texts, cfg.seed))
+        for split in (data.validation, data.test)
+    )
     with dist.scope():
         model = build_language_model(cfg.model, len(vocabulary))
         if pretrained:
@@ -88,6 +107,7 @@ def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: t
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "train_texts": len(train),
+        "held_out_texts": {"validation": len(validation), "test": len(test)},
         "softmax": f"sampled ({task.num_sampled} negatives)" if task.num_sampled else "full",
     }
     if dist.is_chief:
@@ -127,8 +147,8 @@ def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: t
         atomic_write_json(os.path.join(directory, METRICS_FILE), metrics)
         held_out = metrics["test"]
         log.info(
-            "Held-out perplexity %.2f on %d test tokens%s; next-token accuracy %.3f; %.0f tokens/s",
-            held_out["perplexity"], held_out["tokens"],
+            "Held-out perplexity %.2f on %d tokens of %d test texts%s; next-token accuracy %.3f; %.0f tokens/s",
+            held_out["perplexity"], held_out["tokens"], len(test),
             "".join(f", {d} {p:.2f}" for d, p in held_out["perplexity_by_direction"].items()) if cfg.model.bidirectional else "",
             held_out["accuracy"], metrics["tokens_per_second"],
         )

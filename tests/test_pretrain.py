@@ -268,3 +268,20 @@ def test_evaluation_padding_rows_cannot_make_the_loss_nan():
     result = Evaluator(Distribution(OmegaConf.create({"name": "single"})), model, 2, global_batch=2).evaluate(split)
     assert math.isfinite(result.loss) and result.count == 3
 
+
+
+def test_held_out_perplexity_uses_a_fixed_seeded_sample_of_the_split():
+    """The full softmax over a 20k vocabulary is too slow for IMDB's 25k test
+    texts on a CPU: at most `lm.eval_texts` are scored, the same ones each time,
+    in order, and only texts of that split."""
+    from sentiment_dist.pretrain import held_out_sample
+
+    texts = np.array([f"review {i}" for i in range(100)])
+    sample = held_out_sample(texts, 10, seed=42)
+    assert len(sample) == 10 and len(set(sample)) == 10 and set(sample) <= set(texts)
+    assert list(sample) == sorted(sample, key=lambda t: int(t.split()[1]))
+    assert list(held_out_sample(texts, 10, seed=42)) == list(sample)
+    assert list(held_out_sample(texts, 10, seed=7)) != list(sample)
+    assert held_out_sample(texts, None, seed=42) is texts and held_out_sample(texts, 500, seed=42) is texts
+    with pytest.raises(UserError, match="lm.eval_texts=0"):
+        held_out_sample(texts, 0, seed=42)
