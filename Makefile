@@ -38,6 +38,8 @@ test: setup
 bench: setup
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/imdb_accuracy.py
+	$(PY) benchmarks/imdb_pretraining.py
+	$(PY) benchmarks/transfer.py
 
 lint: setup
 	$(VENV)/bin/ruff check sentiment_dist tests benchmarks launch

@@ -4,7 +4,10 @@ Each pair is one run of the real CLI, `python -m sentiment_dist.transfer_report`
 on the target test set, for N labelled target examples, the source model
 as-is, the same architecture from scratch on the N examples, TF-IDF + logistic
 regression on them, and the source fine-tuned on them with each schedule
-(frozen, full, gradual), each point the mean of `--repeats` seeded samples.
+(frozen, full, gradual), and ULMFiT (`lm_finetune_gradual`: a language model
+pretrained on the source texts, adapted on the target's unlabelled train
+texts, then fine-tuned on the N labels), each point the mean of `--repeats`
+seeded samples.
 
 - `synthetic`: synthetic movie reviews -> synthetic product reviews; the
   report trains its BiLSTM source first (the main job's source).
@@ -15,6 +18,7 @@ regression on them, and the source fine-tuned on them with each schedule
 
     python benchmarks/transfer.py                              # both pairs, N = 50 ... 1000 and all, 3 repeats
     python benchmarks/transfer.py --pairs synthetic --repeats 1 --sizes 50 all   # quicker
+    python benchmarks/transfer.py --pairs synthetic --sizes 50 100 250 500 --lm-schedules gradual full
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def source_run(args) -> str:
 def report(pair: str, args) -> dict:
     run_dir = RUNS_DIR / "transfer" / pair
     overrides = [f"report.sizes=[{','.join(args.sizes)}]", f"report.repeats={args.repeats}", "logger=none",
-                 f"hydra.run.dir={run_dir}"]
+                 f"report.lm_schedules=[{','.join(args.lm_schedules)}]", f"hydra.run.dir={run_dir}"]
     if pair == "imdb":
         overrides += [f"finetune.source={source_run(args)}", "finetune.vocab=extend"]
     command = [sys.executable, "-m", "sentiment_dist.transfer_report", *overrides]
@@ -55,16 +59,25 @@ def report(pair: str, args) -> dict:
     return {"status": "ok", "wall_seconds": outcome["wall_seconds"], **outcome["metrics"]}
 
 
+def methods_of(summary: list[dict]) -> list[str]:
+    """The report's methods in table order: `METHODS`, then the language-model ones."""
+    lm = sorted({row["method"] for row in summary if row["method"].startswith("lm_")})
+    return [m for m in METHODS if any(row["method"] == m for row in summary)] + lm
+
+
 def by_size(summary: list[dict]) -> list[dict]:
-    """One row per N: each method's mean accuracy, and fine-tuning's margin over the best label-only method."""
+    """One row per N: each method's mean accuracy, and the margins of fine-tuning (from the
+    source classifier, and from the language model) over the best label-only method."""
     rows = []
+    methods = methods_of(summary)
     for size in sorted({row["n"] for row in summary}):
         cells = {row["method"]: row for row in summary if row["n"] == size}
-        row = {"n": size, **{m: cells[m]["accuracy"] for m in METHODS if m in cells}}
-        finetuned = [row[m] for m in METHODS if m.startswith("finetune_") and m in row]
+        row = {"n": size, **{m: cells[m]["accuracy"] for m in methods if m in cells}}
         baselines = [row[m] for m in ("scratch", "tfidf_logreg") if m in row]
-        if finetuned and baselines:
-            row["gain"] = max(finetuned) - max(baselines)
+        for gain, prefix in (("gain", "finetune_"), ("lm_gain", "lm_finetune_")):
+            tuned = [row[m] for m in methods if m.startswith(prefix) and m in row]
+            if tuned and baselines:
+                row[gain] = max(tuned) - max(baselines)
         rows.append(row)
     return rows
 
@@ -75,14 +88,19 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["50", "100", "250", "500", "1000", "all"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--imdb-source", help="an IMDB-trained run dir to fine-tune from (default: train one)")
+    parser.add_argument("--lm-schedules", nargs="*", default=["gradual"],
+                        help="schedules of the lm_finetune_* columns (none: leave the language-model stages out)")
     parser.add_argument("--timeout", type=float, default=5400, help="seconds per CLI run")
     args = parser.parse_args()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     for pair in args.pairs:
         result = report(pair, args)
-        columns = [("n", "N"), *[(m, m) for m in METHODS], ("gain", "best fine-tune - best of scratch/TF-IDF")]
         title = {"synthetic": "synthetic movies -> synthetic e-commerce", "imdb": "IMDB -> synthetic e-commerce"}[pair]
         rows = by_size(result["summary"]) if result["status"] == "ok" else []
+        methods = methods_of(result["summary"]) if result["status"] == "ok" else list(METHODS)
+        columns = [("n", "N"), *[(m, m) for m in methods], ("gain", "best fine-tune - best of scratch/TF-IDF")]
+        if any(m.startswith("lm_") for m in methods):
+            columns.append(("lm_gain", "best LM fine-tune - best of scratch/TF-IDF"))
         write_results(f"transfer_{pair}", f"Transfer report: {title}", {"pair": pair, **result},
                       [(f"Test accuracy by labelled target examples (mean of {args.repeats} repeats)", rows, columns)],
                       notes=["`python -m sentiment_dist.transfer_report` with the overrides in the JSON's command; "

@@ -6,7 +6,9 @@
     # a classifier from the pretrained groups (finetune adds gradual unfreezing and discriminative rates)
     python -m sentiment_dist.finetune init.from=outputs/pretrain/<time> dataset=ecommerce dataset.path=reviews.csv
 
-Any dataset serves: its labels are ignored. The train split's texts are the
+Any dataset serves: its labels are ignored, and `dataset=text` reads
+unlabelled text (a file with one text per line, a directory of .txt files,
+or a table's text columns). The train split's texts are the
 training text, the validation split's give the held-out perplexity that
 early stopping watches, the test split's the perplexity reported at the end.
 Held-out perplexity takes the full softmax over the vocabulary, so it is
@@ -47,6 +49,7 @@ from sentiment_dist.language_model import (
     build_language_model,
     check_compatible,
     copy_pretrained,
+    discriminative_groups,
     init_from,
     load_pretrained,
     pretrained_vocabulary,
@@ -76,7 +79,7 @@ def held_out_sample(texts: np.ndarray, limit: int | None, seed: int) -> np.ndarr
 
 def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: tracking.Tracker) -> dict:
     """Train `cfg.model`'s embedding and encoder as a language model on `cfg.dataset`'s texts."""
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(cfg.dataset, labels=False)
     source = init_from(cfg)
     pretrained = load_pretrained(source) if source else None
     if pretrained:
@@ -99,7 +102,9 @@ def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: t
             for head in model.heads:
                 head.bias.assign(unigram_log_frequencies(train.tokens, len(vocabulary)))
     task = LanguageModelTask(len(vocabulary), cfg.lm.num_sampled)
-    trainer = Trainer(dist, model, task, cfg.trainer, cfg.seed)
+    multipliers = cfg.lm.get("lr_multipliers") if pretrained else None  # continued pretraining only
+    groups = discriminative_groups(model, multipliers) if multipliers else None
+    trainer = Trainer(dist, model, task, cfg.trainer, cfg.seed, groups=groups)
     environment = {
         **dist.describe(),
         "global_batch_size": trainer.global_batch,
@@ -109,13 +114,15 @@ def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: t
         "train_texts": len(train),
         "held_out_texts": {"validation": len(validation), "test": len(test)},
         "softmax": f"sampled ({task.num_sampled} negatives)" if task.num_sampled else "full",
+        "lr_multipliers": dict(multipliers) if multipliers else None,
     }
     if dist.is_chief:
         log.info(
-            "Pretraining a %s language model (%s) on %d %s texts: %d-token vocabulary%s, %s softmax; "
+            "Pretraining a %s language model (%s) on %d %s texts: %d-token vocabulary%s, %s softmax%s; "
             "strategy %s, %d replica(s), global batch %d",
             cfg.model.name, "forward + backward" if cfg.model.bidirectional else "forward", len(train), cfg.dataset.name,
             len(vocabulary), f" from {pretrained.directory}" if pretrained else "", environment["softmax"],
+            f", lr multipliers {environment['lr_multipliers']}" if multipliers else "",
             dist.name, dist.num_replicas, trainer.global_batch,
         )
         tracker.update_config({"environment": environment})

@@ -28,6 +28,7 @@ from sentiment_dist.language_model import (
     LanguageModelTask,
     build_language_model,
     check_compatible,
+    discriminative_groups,
     load_pretrained,
     targets,
     unigram_log_frequencies,
@@ -228,13 +229,20 @@ def test_pooling_may_differ_but_a_classifier_run_is_no_pretrain_run(bilstm_lm, t
 
 
 def test_chain_pretrain_then_target_text_then_classifier(bilstm_lm, tmp_path):
-    """Continue on product-review text with an extended vocabulary, then fine-tune
+    """Continue on unlabelled product-review text (a plain text file, one review
+    per line) with an extended vocabulary and per-group rates, then fine-tune
     with the encoder frozen: it must end exactly as the adapted LM left it."""
-    run(module("pretrain", *TINY, "model=bilstm", "dataset=synthetic_ecommerce", f"init.from={bilstm_lm}", "init.vocab=extend",
-               f"hydra.run.dir={tmp_path}/target"), cwd=tmp_path)
+    target_texts = load_dataset(OmegaConf.merge(OmegaConf.load(f"{CONFIG_DIR}/dataset/synthetic_ecommerce.yaml"),
+                                                {"num_train": 512})).train.texts
+    (tmp_path / "reviews.txt").write_text("\n".join(target_texts) + "\n", encoding="utf-8")
+    run(module("pretrain", *TINY, "model=bilstm", "dataset=text", f"dataset.path={tmp_path}/reviews.txt",
+               f"init.from={bilstm_lm}", "init.vocab=extend", f"hydra.run.dir={tmp_path}/target"), cwd=tmp_path)
     general, target = (d / "vocabulary.txt" for d in (bilstm_lm, tmp_path / "target"))
     assert target.read_text().startswith(general.read_text()) and len(target.read_text()) > len(general.read_text())
-    assert read_json(tmp_path / "target" / "metrics.json")["init_from"] == str(bilstm_lm)
+    adapted_metrics = read_json(tmp_path / "target" / "metrics.json")
+    assert adapted_metrics["init_from"] == str(bilstm_lm)
+    assert adapted_metrics["environment"]["train_texts"] == 460  # 512 lines less 26 for validation and 26 for test (5% each)
+    assert adapted_metrics["environment"]["lr_multipliers"] == {"embedding": 0.15, "encoder": 0.4, "head": 1.0}
     run(module("finetune", "debug=tiny_transfer", "trainer.verbose=false", f"init.from={tmp_path}/target",
                "finetune.schedule=full", "finetune.freeze=[embedding,encoder]", "+model.pooling=mean",
                f"hydra.run.dir={tmp_path}/classifier"), cwd=tmp_path)
@@ -285,3 +293,26 @@ def test_held_out_perplexity_uses_a_fixed_seeded_sample_of_the_split():
     assert held_out_sample(texts, None, seed=42) is texts and held_out_sample(texts, 500, seed=42) is texts
     with pytest.raises(UserError, match="lm.eval_texts=0"):
         held_out_sample(texts, 0, seed=42)
+
+
+def test_continued_pretraining_trains_each_group_at_its_own_rate():
+    """ULMFiT's discriminative fine-tuning of the LM: Adam's first step is about
+    the learning rate per weight, so the groups' steps keep the multipliers' ratios."""
+    keras.utils.set_random_seed(0)
+    model = build_language_model(tiny_cfg(), vocab_size=20)
+    groups = discriminative_groups(model, {"embedding": 0.1, "encoder": 0.5, "head": 1.0})
+    assert [g.name for g in groups] == ["embedding", "encoder", "head"]
+    assert sum(len(g.variables) for g in groups) == len(model.trainable_variables)
+    trainer_cfg = OmegaConf.load(f"{CONFIG_DIR}/trainer/default.yaml")
+    trainer_cfg.merge_with({"batch_size": 4, "learning_rate": 0.01, "gradient_clip_norm": None})
+    trainer = Trainer(Distribution(OmegaConf.create({"name": "single"})), model, LanguageModelTask(20, None), trainer_cfg,
+                      seed=0, groups=groups)
+    before = [[v.numpy().copy() for v in g.variables] for g in groups]
+    tokens = np.random.default_rng(0).integers(1, 20, size=(4, 8)).astype("int32")
+    trainer._train_step((tokens, np.zeros(4, "int32"), np.ones(4, "float32")))
+    step = [max(float(np.abs(v.numpy() - b).max()) for v, b in zip(g.variables, old, strict=True)) for g, old in zip(groups, before, strict=True)]
+    assert 0.08 < step[0] / step[2] < 0.12 and 0.4 < step[1] / step[2] < 0.6, step
+    with pytest.raises(UserError, match="lm.lr_multipliers has groups"):
+        discriminative_groups(model, {"embedding": 1.0})
+    with pytest.raises(UserError, match="lm.lr_multipliers.encoder=0 must be a positive number"):
+        discriminative_groups(model, {"embedding": 1.0, "encoder": 0, "head": 1.0})

@@ -24,10 +24,10 @@ from sentiment_dist.data.types import LabeledData, Split
 from sentiment_dist.errors import UserError
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
-_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
                ".parquet": "parquet", ".pq": "parquet"}
 # pandas decompresses these by extension; the openers let a decode error report a true byte offset.
-_OPENERS: dict[str, Callable] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+OPENERS: dict[str, Callable] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _ROLES = ("train", "validation", "test")
 
 
@@ -43,7 +43,7 @@ def load_files(cfg: DictConfig | dict, clean_text: Callable[[pd.Series], pd.Seri
                            "dropped_unmapped_rating"), 0)
     files, frames = _configured_files(cfg), []
     for role, key, path in files:
-        table = sample_rows(_read_table(path, key, cfg.get("format"), cfg.get("encoding") or "utf-8"),
+        table = sample_rows(read_table(path, key, cfg.get("format"), cfg.get("encoding") or "utf-8"),
                             cfg.get("max_rows"), split["seed"])
         stats["rows_read" if key == "path" else f"rows_read_{role}"] = len(table)
         rows = _text_and_label(table, cfg, path, clean_text)
@@ -141,13 +141,13 @@ def _configured_files(cfg: dict) -> list[tuple[str, str, str]]:
     return [(role, key, path) for role, key, path in explicit if path]
 
 
-def _read_table(path: str, key: str, fmt: str | None, encoding: str) -> pd.DataFrame:
+def read_table(path: str, key: str, fmt: str | None, encoding: str) -> pd.DataFrame:
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         problem = "is a directory" if os.path.isdir(path) else "does not exist"
         raise UserError(f"dataset.{key}={path} {problem}; set dataset.{key} to a csv, tsv, jsonl or parquet file.")
     stem, compression = os.path.splitext(path)
-    fmt = fmt or _EXTENSIONS.get(os.path.splitext(stem)[1] if compression in _OPENERS else compression)
+    fmt = fmt or EXTENSIONS.get(os.path.splitext(stem)[1] if compression in OPENERS else compression)
     if fmt not in FORMATS:
         raise UserError(f"cannot tell the format of dataset.{key}={path}; set dataset.format to one of "
                         f"{', '.join(FORMATS)}.")
@@ -170,7 +170,7 @@ def _read_table(path: str, key: str, fmt: str | None, encoding: str) -> pd.DataF
 
 def _decode_error(path: str, key: str, encoding: str, err: UnicodeDecodeError) -> UserError:
     """Re-decode the whole file: pandas decodes in chunks, so its offset is chunk-relative."""
-    with _OPENERS.get(os.path.splitext(path)[1], open)(path, "rb") as handle:
+    with OPENERS.get(os.path.splitext(path)[1], open)(path, "rb") as handle:
         data = handle.read()
     try:
         data.decode(encoding)
@@ -183,15 +183,24 @@ def _decode_error(path: str, key: str, encoding: str, err: UnicodeDecodeError) -
 def _text_and_label(table: pd.DataFrame, cfg: dict, path: str,
                     clean_text: Callable[[pd.Series], pd.Series] | None) -> pd.DataFrame:
     """One `text` column (the text columns joined) and one raw `label` column of stripped strings."""
+    text = joined_text(table, cfg, path, clean_text)
+    label_column = cfg.get("label_column") or "label"
+    if label_column not in table.columns:
+        raise UserError(f"{path} has no column {label_column!r} (it has {list(table.columns)}); "
+                        "set dataset.label_column to an existing column.")
+    return pd.DataFrame({"text": text, "label": _strings(table[label_column])})
+
+
+def joined_text(table: pd.DataFrame, cfg: dict, path: str,
+                clean_text: Callable[[pd.Series], pd.Series] | None = None) -> pd.Series:
+    """`dataset.text_columns` (after the present `optional_text_columns`) joined by `text_separator`."""
     required = cfg.get("text_columns") or ["text"]
     required = [required] if isinstance(required, str) else list(required)
     optional = [c for c in cfg.get("optional_text_columns") or [] if c in table.columns]
-    label_column = cfg.get("label_column") or "label"
-    for key, columns in (("text_columns", required), ("label_column", [label_column])):
-        missing = [c for c in columns if c not in table.columns]
-        if missing:
-            raise UserError(f"{path} has no column {missing[0]!r} (it has {list(table.columns)}); "
-                            f"set dataset.{key} to existing columns.")
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise UserError(f"{path} has no column {missing[0]!r} (it has {list(table.columns)}); "
+                        "set dataset.text_columns to existing columns.")
     separator = cfg.get("text_separator", ". ")
     text = pd.Series("", index=table.index, dtype="string")
     for column in optional + required:
@@ -199,7 +208,7 @@ def _text_and_label(table: pd.DataFrame, cfg: dict, path: str,
         text = text.where(part == "", text.where(text == "", text + separator) + part)
     if clean_text is not None:
         text = clean_text(text).str.strip()
-    return pd.DataFrame({"text": text, "label": _strings(table[label_column])})
+    return text
 
 
 def _strings(column: pd.Series) -> pd.Series:
