@@ -64,6 +64,32 @@ class BestWeights(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
 
 
+class ResumedCounters:
+    """Mixed into Keras' EarlyStopping and ReduceLROnPlateau: their counters
+    (epochs without improvement, best value, cooldown) would restart at 0 on
+    resume, so a run killed and resumed could train longer, or lower the rate
+    later, than one never interrupted. `resume` replays the finished epochs'
+    logs through the callback instead; the learning rates, already restored
+    from the checkpoint, are put back afterwards so no reduction happens twice.
+    """
+
+    def resume(self, epochs: list[dict]) -> None:
+        optimizers = self.model.optimizer.all
+        rates = [float(keras.ops.convert_to_numpy(optimizer.learning_rate)) for optimizer in optimizers]
+        for record in epochs:
+            self.on_epoch_end(int(record["epoch"]) - 1, dict(record))
+        for optimizer, rate in zip(optimizers, rates, strict=True):
+            optimizer.learning_rate = rate
+
+
+class EarlyStopping(ResumedCounters, keras.callbacks.EarlyStopping):
+    pass
+
+
+class ReduceLROnPlateau(ResumedCounters, keras.callbacks.ReduceLROnPlateau):
+    pass
+
+
 class LearningRateWarmup(keras.callbacks.Callback):
     """Ramp the base rate linearly from `start` to `target` over the first
     epochs (Goyal et al. 2017), so a rate scaled by the number of replicas
@@ -92,7 +118,7 @@ def make_callbacks(
         callbacks.append(LearningRateWarmup(base_rate, effective_rate, int(cfg.warmup_epochs * steps)))
     if cfg.lr_on_plateau.patience is not None:
         callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
+            ReduceLROnPlateau(
                 monitor=cfg.lr_on_plateau.monitor,
                 factor=cfg.lr_on_plateau.factor,
                 patience=cfg.lr_on_plateau.patience,
@@ -101,7 +127,7 @@ def make_callbacks(
         )
     if cfg.early_stopping.patience is not None:
         callbacks.append(
-            keras.callbacks.EarlyStopping(
+            EarlyStopping(
                 monitor=cfg.early_stopping.monitor,
                 patience=cfg.early_stopping.patience,
                 min_delta=cfg.early_stopping.min_delta,

@@ -342,11 +342,13 @@ class Trainer:
             steps=steps,
         )
         self.model.stop_training = False
+        callback_list.on_train_begin()  # resets Keras callbacks' state, so resume after it
         for callback in callbacks:
             if hasattr(callback, "resume") and history.epochs:
                 callback.resume(history.epochs)
-        callback_list.on_train_begin()
         for epoch in range(first_epoch, epochs):
+            if self.model.stop_training:  # early stopping had ended the run before it was interrupted
+                break
             if schedule is not None:
                 self.set_trainable(schedule(epoch))
             callback_list.on_epoch_begin(epoch)
@@ -385,8 +387,6 @@ class Trainer:
             history.epochs.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
             if checkpoint:
                 checkpoint.save(history)
-            if self.model.stop_training:
-                break
         callback_list.on_train_end()
         return history
 

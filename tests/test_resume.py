@@ -101,3 +101,41 @@ def test_checkpoints_are_kept_when_a_resumed_run_fails(tmp_path):
     result = run(module("train", *base, "trainer.epochs=2", "dataset=csv", "dataset.path=missing.csv"), cwd=tmp_path, check=False)
     assert result.returncode == 2 and "missing.csv does not exist" in result.stderr
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")) == good
+
+
+def test_a_resumed_run_stops_and_lowers_the_rate_when_an_uninterrupted_one_does(tmp_path):
+    """EarlyStopping's and ReduceLROnPlateau's counters survive a resume: the
+    run below lowers its rate after epochs 3, 4 and 5 and stops after epoch 5
+    (patience 1 and 3) whether or not it was interrupted after epoch 3."""
+    from sentiment_dist.callbacks import make_callbacks
+
+    cfg = OmegaConf.load(f"{CONFIG_DIR}/trainer/default.yaml")
+    cfg.merge_with({"early_stopping": {"patience": 3}, "lr_on_plateau": {"patience": 1}, "learning_rate": 0.01})
+    val_losses = [1.0, 0.9, 0.95, 0.97, 0.99, 0.8, 0.7]
+
+    def drive(history: list[dict], rate: float | None) -> list[dict]:
+        """The trainer's order of calls; `history`/`rate`: what a checkpoint restores."""
+        model = build_classifier(model_cfg(), vocab_size=20, num_classes=2)
+        trainer = Trainer(Distribution(OmegaConf.create({"name": "single"})), model, 2, cfg, seed=0)
+        if rate is not None:
+            trainer.optimizer.learning_rate = rate
+        callbacks = make_callbacks(cfg, 0.01, 0.01, 1, str(tmp_path / "best.weights.h5"), is_chief=False)
+        callback_list = keras.callbacks.CallbackList(callbacks, model=model)
+        callback_list.on_train_begin()
+        for callback in callbacks:
+            if history and hasattr(callback, "resume"):
+                callback.resume(history)
+        epochs = list(history)
+        for epoch in range(len(history), len(val_losses)):
+            if model.stop_training:
+                break
+            logs = {"val_loss": val_losses[epoch], "learning_rate": trainer.optimizer.learning_rate}
+            callback_list.on_epoch_end(epoch, logs)
+            epochs.append({"epoch": epoch + 1, **logs})
+        return epochs + [{"rate_after": trainer.optimizer.learning_rate}]
+
+    uninterrupted = drive([], None)
+    assert len(uninterrupted) - 1 == 5  # stopped after epoch 5
+    assert [round(e["learning_rate"], 6) for e in uninterrupted[:-1]] == [0.01, 0.01, 0.01, 0.005, 0.0025]
+    resumed = drive(uninterrupted[:3], rate=uninterrupted[3]["learning_rate"])
+    assert resumed == uninterrupted
