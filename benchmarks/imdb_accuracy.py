@@ -85,8 +85,13 @@ def lstm_run(model: str, csv: str, args) -> dict:
         "logger=none", "trainer.verbose=false", f"trainer.epochs={args.epochs}", f"hydra.run.dir={run_dir}",
         *([f"dataset.max_rows={args.max_rows}"] if args.max_rows else []), *args.extra,
     ]
-    outcome = run_cli(model, command, run_dir)
-    row = {"model": model, "status": outcome["status"], "command": command}
+    return classifier_run(model, command, run_dir, {"model": model})
+
+
+def classifier_run(label: str, command: list[str], run_dir, row: dict) -> dict:
+    """Run one classifier CLI command; `row` plus its test metrics and timings (or why it failed)."""
+    outcome = run_cli(label, command, run_dir)
+    row = {**row, "status": outcome["status"], "command": command}
     if outcome["status"] != "ok":
         return {**row, "reason": outcome["reason"]}
     metrics, history = outcome["metrics"], outcome["history"]
@@ -101,7 +106,7 @@ def lstm_run(model: str, csv: str, args) -> dict:
         val_accuracy_by_epoch=history["val_accuracy"],
         environment=metrics["environment"],
     )
-    print(f"[{model}] test accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
+    print(f"[{label}] test accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
           f"{row['seconds_per_epoch']:.1f} s/epoch, {row['total_seconds']:.0f} s in all", flush=True)
     return row
 

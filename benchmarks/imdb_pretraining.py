@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imdb_accuracy import load_split, tfidf_baseline
+from imdb_accuracy import classifier_run, load_split, tfidf_baseline
 from imdb_data import RUNS_DIR, imdb_csv, run_cli, write_results
 
 # The classifier and language model architecture (a pretrain run fixes the shape keys).
@@ -69,19 +69,7 @@ def classifier(name: str, task: str, csv: str, args, init: list[str]) -> dict:
     run_dir = RUNS_DIR / "imdb_pretraining" / name
     command = [sys.executable, "-m", f"sentiment_dist.{task}", "dataset=imdb", f"trainer.epochs={args.epochs}",
                *common(csv, args, run_dir, task), *init]
-    outcome = run_cli(name, command, run_dir)
-    row = {"stage": name, "status": outcome["status"], "command": command}
-    if outcome["status"] != "ok":
-        return {**row, "reason": outcome["reason"]}
-    metrics, history = outcome["metrics"], outcome["history"]
-    row.update(
-        accuracy=metrics["test"]["accuracy"], macro_f1=metrics["test"]["macro_f1"], epochs_run=metrics["epochs_run"],
-        seconds_per_epoch=sum(history["epoch_seconds"]) / len(history["epoch_seconds"]),
-        wall_seconds=outcome["wall_seconds"], val_accuracy_by_epoch=history["val_accuracy"],
-    )
-    print(f"[{name}] test accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, "
-          f"{row['seconds_per_epoch']:.1f} s/epoch, {row['wall_seconds']:.0f} s in all", flush=True)
-    return row
+    return classifier_run(name, command, run_dir, {"stage": name})
 
 
 def main() -> None:
@@ -113,7 +101,7 @@ def main() -> None:
                "wall_seconds": baseline["total_seconds"]}] if baseline else [])
     table += [{"model": labels[row["stage"]], "accuracy": row.get("accuracy"), "macro_f1": row.get("macro_f1"),
                "seconds_per_epoch": row.get("seconds_per_epoch"), "epochs_run": row.get("epochs_run"),
-               "wall_seconds": row.get("wall_seconds"),
+               "wall_seconds": row.get("total_seconds"),
                "status": row["status"] if row["status"] == "ok" else f"failed: {row['reason'][-200:]}"} for row in rows]
     lm_metrics = lm["metrics"]
     lm_table = [{
