@@ -51,7 +51,7 @@ def language_model(csv: str, args) -> tuple[str, dict]:
 
         metrics = json.loads((Path(args.lm_dir) / "metrics.json").read_text())
         return args.lm_dir, {"stage": "lm", "status": "reused", "run_dir": args.lm_dir, "metrics": metrics}
-    run_dir = RUNS_DIR / "imdb_pretraining" / "lm"
+    run_dir = RUNS_DIR / args.results_name / "lm"
     command = [sys.executable, "-m", "sentiment_dist.pretrain", "experiment=pretrain_imdb",
                f"trainer.epochs={args.lm_epochs}", *common(csv, args, run_dir)]
     outcome = run_cli("lm", command, run_dir)
@@ -65,8 +65,8 @@ def language_model(csv: str, args) -> tuple[str, dict]:
                           "wall_seconds": outcome["wall_seconds"], "metrics": metrics, "history": outcome["history"]}
 
 
-def classifier(name: str, task: str, csv: str, args, init: list[str]) -> dict:
-    run_dir = RUNS_DIR / "imdb_pretraining" / name
+def classifier(name: str, task: str, init: list[str], csv: str, args) -> dict:
+    run_dir = RUNS_DIR / args.results_name / name
     command = [sys.executable, "-m", f"sentiment_dist.{task}", "dataset=imdb", f"trainer.epochs={args.epochs}",
                *common(csv, args, run_dir, task), *init]
     return classifier_run(name, command, run_dir, {"stage": name})
@@ -81,6 +81,10 @@ def main() -> None:
     parser.add_argument("--model", nargs="*", default=[], help="more model.* overrides, for every stage")
     parser.add_argument("--c-values", default="1,4,16", help="logistic regression C values tried on validation")
     parser.add_argument("--skip-tfidf", action="store_true")
+    parser.add_argument("--classifiers", nargs="+", choices=("scratch", "pretrained", "ulmfit"),
+                        default=["scratch", "pretrained", "ulmfit"])
+    parser.add_argument("--results-name", default="imdb_pretraining",
+                        help="benchmarks/results/<name>.{json,md}; run dirs under benchmarks/data/runs/<name>/")
     args = parser.parse_args()
 
     csv = str(imdb_csv())
@@ -90,11 +94,9 @@ def main() -> None:
     baseline = None if args.skip_tfidf else tfidf_baseline(data, [float(c) for c in args.c_values.split(",")])
     del data
     lm_dir, lm = language_model(csv, args)
-    rows = [
-        classifier("scratch", "train", csv, args, []),
-        classifier("pretrained", "train", csv, args, [f"init.from={lm_dir}"]),
-        classifier("ulmfit", "finetune", csv, args, [f"init.from={lm_dir}"]),
-    ]
+    stages = {"scratch": ("train", []), "pretrained": ("train", [f"init.from={lm_dir}"]),
+              "ulmfit": ("finetune", [f"init.from={lm_dir}"])}
+    rows = [classifier(name, *stages[name], csv, args) for name in args.classifiers]
     labels = {"scratch": "BiLSTM from scratch (`train`)", "pretrained": "BiLSTM from the LM (`train init.from=<lm>`)",
               "ulmfit": "BiLSTM from the LM, gradual unfreezing (`finetune init.from=<lm>`)"}
     table = ([{"model": "TF-IDF 1-2 grams + LR", "accuracy": baseline["accuracy"], "macro_f1": baseline["macro_f1"],
@@ -126,7 +128,7 @@ def main() -> None:
         "reviews, saving); TF-IDF: vectorizing, tuning C on validation, refit on train + validation, prediction.",
     ]
     write_results(
-        "imdb_pretraining", "IMDB: the LSTM with and without language-model pretraining, vs TF-IDF + LR",
+        args.results_name, "IMDB: the LSTM with and without language-model pretraining, vs TF-IDF + LR",
         {"split": sizes, "args": vars(args), "tfidf": baseline, "lm": lm, "classifiers": rows},
         [("Language model", lm_table, [("stage", "stage"), ("perplexity", "test perplexity"),
                                        ("by_direction", "per direction"), ("tokens_per_second", "tokens/s"),
