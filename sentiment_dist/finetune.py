@@ -41,7 +41,7 @@ from sentiment_dist.language_model import (
 from sentiment_dist.models import GROUPS, build_classifier, group_variables, layer_group
 from sentiment_dist.runs import Run, load_run
 from sentiment_dist.train import fit_and_report, load_and_tokenize, run_stage, run_tracked, start, train_run
-from sentiment_dist.trainer import ParamGroup
+from sentiment_dist.trainer import ParamGroup, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,7 @@ def discriminative_groups(settings: DictConfig, classifier: keras.Model) -> tupl
     frozen = set(settings.freeze or [])
     if unknown := frozen - set(GROUPS):
         raise UserError(f"finetune.freeze has unknown groups {sorted(unknown)}; use any of {list(GROUPS)}.")
-    variables = group_variables(classifier)
-    groups = [ParamGroup(name, variables[name], float(settings.lr_multipliers[name])) for name in GROUPS]
+    groups = param_groups(group_variables(classifier.layers), settings.lr_multipliers, "finetune.lr_multipliers")
 
     def schedule(epoch: int) -> set[str]:
         active = trainable_groups(settings.schedule, epoch, frozen)

@@ -37,7 +37,8 @@ from omegaconf import DictConfig
 from sentiment_dist.data.pipeline import TokenizedSplit, evaluation_batches
 from sentiment_dist.distribute import Distribution
 from sentiment_dist.errors import UserError
-from sentiment_dist.models import GROUPS, embed, layer_group, recurrent_layer
+from sentiment_dist.models import embed, group_variables, recurrent_layer
+from sentiment_dist.trainer import ParamGroup, param_groups
 
 DIRECTIONS = ("forward", "backward")
 
@@ -111,23 +112,11 @@ def build_language_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:
     return LanguageModel(encoder, heads, name="language_model")
 
 
-def discriminative_groups(model: LanguageModel, multipliers) -> list:
+def lm_param_groups(model: LanguageModel, multipliers) -> list[ParamGroup]:
     """ULMFiT's discriminative fine-tuning of a language model: the embedding,
     the LSTM layers and the LM heads each train at their own multiple of the
     learning rate (lower layers hold more general knowledge, so they move less)."""
-    from sentiment_dist.trainer import ParamGroup
-
-    multipliers = dict(multipliers)
-    if sorted(multipliers) != sorted(GROUPS):
-        raise UserError(f"lm.lr_multipliers has groups {sorted(multipliers)}; give exactly {list(GROUPS)}.")
-    for name, value in multipliers.items():
-        if not isinstance(value, int | float) or not value > 0:
-            raise UserError(f"lm.lr_multipliers.{name}={value!r} must be a positive number (freeze nothing here).")
-    variables: dict[str, list] = {name: [] for name in GROUPS}
-    for layer in [*model.encoder.layers, *model.heads]:
-        if layer.trainable_variables:
-            variables[layer_group(layer)].extend(layer.trainable_variables)
-    return [ParamGroup(name, variables[name], float(multipliers[name])) for name in GROUPS]
+    return param_groups(group_variables([*model.encoder.layers, *model.heads]), multipliers, "lm.lr_multipliers")
 
 
 def unigram_log_frequencies(tokens: np.ndarray, vocab_size: int) -> np.ndarray:

@@ -49,8 +49,8 @@ from sentiment_dist.language_model import (
     build_language_model,
     check_compatible,
     copy_pretrained,
-    discriminative_groups,
     init_from,
+    lm_param_groups,
     load_pretrained,
     pretrained_vocabulary,
     unigram_log_frequencies,
@@ -103,7 +103,7 @@ def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: t
                 head.bias.assign(unigram_log_frequencies(train.tokens, len(vocabulary)))
     task = LanguageModelTask(len(vocabulary), cfg.lm.num_sampled)
     multipliers = cfg.lm.get("lr_multipliers") if pretrained else None  # continued pretraining only
-    groups = discriminative_groups(model, multipliers) if multipliers else None
+    groups = lm_param_groups(model, multipliers) if multipliers else None
     trainer = Trainer(dist, model, task, cfg.trainer, cfg.seed, groups=groups)
     environment = {
         **dist.describe(),

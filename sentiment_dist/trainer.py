@@ -62,6 +62,19 @@ class ParamGroup:
     trainable: bool = True
 
 
+def param_groups(variables: dict[str, list], multipliers, setting: str) -> list[ParamGroup]:
+    """One group per entry of `variables` (layer group -> variables) at
+    `multipliers[group]` times the base rate (discriminative learning rates);
+    `setting` names the config key in the one-sentence errors."""
+    multipliers = dict(multipliers)
+    if sorted(multipliers) != sorted(variables):
+        raise UserError(f"{setting} has groups {sorted(multipliers)}; give exactly {list(variables)}.")
+    for name, value in multipliers.items():
+        if not isinstance(value, int | float) or not value > 0:
+            raise UserError(f"{setting}.{name}={value!r} must be a positive number (freeze a group another way).")
+    return [ParamGroup(name, group, float(multipliers[name])) for name, group in variables.items()]
+
+
 class OptimizerGroup:
     """What Keras callbacks see as `model.optimizer`.
 
@@ -259,7 +272,8 @@ class Trainer:
             if len(self.groups) > 1:
                 raise UserError(
                     "trainer.precision=mixed_float16 cannot scale the loss for several learning-rate "
-                    "groups; use mixed_bfloat16 or equal finetune.lr_multipliers."
+                    "groups (fine-tuning, continued pretraining); use trainer.precision=mixed_bfloat16, or "
+                    "lm.lr_multipliers=null for one group when continuing pretraining."
                 )
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer

@@ -79,7 +79,7 @@ def test_discriminative_rates_change_the_adam_step_per_group():
     model = build_classifier(tiny_model_cfg(), vocab_size=20, num_classes=2)
     trainer_cfg = OmegaConf.load(f"{CONFIG_DIR}/trainer/default.yaml")
     trainer_cfg.merge_with({"batch_size": 8, "learning_rate": 0.01, "gradient_clip_norm": None})
-    variables = group_variables(model)
+    variables = group_variables(model.layers)
     groups = [ParamGroup("embedding", variables["embedding"], 0.1), ParamGroup("encoder", variables["encoder"], 1.0), ParamGroup("head", variables["head"], 1.0)]
     trainer = Trainer(Distribution(OmegaConf.create({"name": "single"})), model, 2, trainer_cfg, seed=0, groups=groups)
     before = {name: [v.numpy().copy() for v in variables[name]] for name in ("embedding", "encoder")}

@@ -48,7 +48,7 @@ def test_every_model_maps_tokens_to_class_probabilities(name, num_classes):
 @pytest.mark.parametrize("name", sorted(ENCODERS))
 def test_every_layer_belongs_to_a_named_group(name):
     model = build_classifier(model_cfg(name), vocab_size=30, num_classes=2)
-    groups = group_variables(model)
+    groups = group_variables(model.layers)
     assert list(groups) == list(GROUPS)
     assert all(groups[group] for group in GROUPS)
     assert sum(len(v) for v in groups.values()) == len(model.trainable_variables)

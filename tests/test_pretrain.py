@@ -28,7 +28,7 @@ from sentiment_dist.language_model import (
     LanguageModelTask,
     build_language_model,
     check_compatible,
-    discriminative_groups,
+    lm_param_groups,
     load_pretrained,
     targets,
     unigram_log_frequencies,
@@ -300,7 +300,7 @@ def test_continued_pretraining_trains_each_group_at_its_own_rate():
     the learning rate per weight, so the groups' steps keep the multipliers' ratios."""
     keras.utils.set_random_seed(0)
     model = build_language_model(tiny_cfg(), vocab_size=20)
-    groups = discriminative_groups(model, {"embedding": 0.1, "encoder": 0.5, "head": 1.0})
+    groups = lm_param_groups(model, {"embedding": 0.1, "encoder": 0.5, "head": 1.0})
     assert [g.name for g in groups] == ["embedding", "encoder", "head"]
     assert sum(len(g.variables) for g in groups) == len(model.trainable_variables)
     trainer_cfg = OmegaConf.load(f"{CONFIG_DIR}/trainer/default.yaml")
@@ -313,6 +313,6 @@ def test_continued_pretraining_trains_each_group_at_its_own_rate():
     step = [max(float(np.abs(v.numpy() - b).max()) for v, b in zip(g.variables, old, strict=True)) for g, old in zip(groups, before, strict=True)]
     assert 0.08 < step[0] / step[2] < 0.12 and 0.4 < step[1] / step[2] < 0.6, step
     with pytest.raises(UserError, match="lm.lr_multipliers has groups"):
-        discriminative_groups(model, {"embedding": 1.0})
+        lm_param_groups(model, {"embedding": 1.0})
     with pytest.raises(UserError, match="lm.lr_multipliers.encoder=0 must be a positive number"):
-        discriminative_groups(model, {"embedding": 1.0, "encoder": 0, "head": 1.0})
+        lm_param_groups(model, {"embedding": 1.0, "encoder": 0, "head": 1.0})

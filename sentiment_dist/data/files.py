@@ -25,7 +25,7 @@ from sentiment_dist.errors import UserError
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
-               ".parquet": "parquet", ".pq": "parquet"}
+              ".parquet": "parquet", ".pq": "parquet"}
 # pandas decompresses these by extension; the openers let a decode error report a true byte offset.
 OPENERS: dict[str, Callable] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _ROLES = ("train", "validation", "test")

@@ -11,7 +11,7 @@ strings.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import keras
 from omegaconf import DictConfig
@@ -163,10 +163,11 @@ def layer_group(layer: keras.layers.Layer) -> str:
     return group
 
 
-def group_variables(model: keras.Model) -> dict[str, list]:
-    """Trainable variables of each layer group, in `GROUPS` order."""
+def group_variables(layers: Iterable[keras.layers.Layer]) -> dict[str, list]:
+    """Trainable variables of each layer group, in `GROUPS` order: a classifier's
+    `model.layers`, or a language model's encoder layers and heads."""
     groups: dict[str, list] = {name: [] for name in GROUPS}
-    for layer in model.layers:
+    for layer in layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
         groups[layer_group(layer)].extend(layer.trainable_variables)
