@@ -20,12 +20,14 @@ validation loss.
 
     python benchmarks/imdb_pretraining.py                                   # about an hour on 2 cores
     python benchmarks/imdb_pretraining.py --lm-dir benchmarks/data/runs/imdb_pretraining/lm   # reuse the LM
+    python benchmarks/imdb_pretraining.py --lm-from benchmarks/data/runs/imdb_pretraining/lm --lm-epochs 4  # train it on
     python benchmarks/imdb_pretraining.py --max-rows 2000 --lm-epochs 1 --epochs 1            # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from imdb_accuracy import classifier_run, load_split, tfidf_baseline
@@ -52,8 +54,10 @@ def language_model(csv: str, args) -> tuple[str, dict]:
         metrics = json.loads((Path(args.lm_dir) / "metrics.json").read_text())
         return args.lm_dir, {"stage": "lm", "status": "reused", "run_dir": args.lm_dir, "metrics": metrics}
     run_dir = RUNS_DIR / args.results_name / "lm"
+    # --lm-from: more epochs on the same texts, so every group keeps the one learning rate
+    more = [f"init.from={args.lm_from}", "lm.lr_multipliers=null"] if args.lm_from else []
     command = [sys.executable, "-m", "sentiment_dist.pretrain", "experiment=pretrain_imdb",
-               f"trainer.epochs={args.lm_epochs}", *common(csv, args, run_dir)]
+               f"trainer.epochs={args.lm_epochs}", *common(csv, args, run_dir), *more]
     outcome = run_cli("lm", command, run_dir)
     if outcome["status"] != "ok":
         sys.exit(f"imdb_pretraining: the language model failed ({outcome['reason']}).")
@@ -77,6 +81,8 @@ def main() -> None:
     parser.add_argument("--lm-epochs", type=int, default=4, help="language-model epochs (early stopping on held-out loss)")
     parser.add_argument("--epochs", type=int, default=4, help="classifier epochs, the same for every classifier")
     parser.add_argument("--lm-dir", default=None, help="reuse this finished pretrain run instead of training one")
+    parser.add_argument("--lm-from", default=None,
+                        help="continue this finished pretrain run for --lm-epochs more epochs (init.from)")
     parser.add_argument("--max-rows", type=int, default=None, help="seeded sample of the CSV (default: all 50k)")
     parser.add_argument("--model", nargs="*", default=[], help="more model.* overrides, for every stage")
     parser.add_argument("--c-values", default="1,4,16", help="logistic regression C values tried on validation")
@@ -86,6 +92,10 @@ def main() -> None:
     parser.add_argument("--results-name", default="imdb_pretraining",
                         help="benchmarks/results/<name>.{json,md}; run dirs under benchmarks/data/runs/<name>/")
     args = parser.parse_args()
+    if args.lm_dir and args.lm_from:
+        parser.error("--lm-dir reuses a language model and --lm-from trains one on: pick one")
+    # the stages run from the repo root: a path relative to here must still point at the same run
+    args.lm_dir, args.lm_from = (os.path.abspath(path) if path else None for path in (args.lm_dir, args.lm_from))
 
     csv = str(imdb_csv())
     data = load_split(csv, args.max_rows)
@@ -120,7 +130,9 @@ def main() -> None:
         f"Every stage: {architecture}. Classifiers: {args.epochs} epochs each, test metrics of the best epoch by "
         "val_loss; `train` runs use conf/trainer/default.yaml, the `finetune` run conf/trainer/finetune.yaml with "
         "conf/finetune/default.yaml (gradual unfreezing; embedding 0.1x, encoder 0.3x, head 1x the learning rate).",
-        f"Language model: {lm_metrics['epochs_run']} epochs on the training texts only, sampled softmax "
+        f"Language model: {lm_metrics['epochs_run']} epochs"
+        + (f" (continued from {lm_metrics['init_from']})" if lm_metrics.get("init_from") else "")
+        + " on the training texts only, sampled softmax "
         f"({lm_metrics['environment'].get('softmax')}); perplexity with the full softmax on "
         f"{lm_metrics['test']['tokens']} tokens of a seeded sample of "
         f"{lm_metrics['environment'].get('held_out_texts', {}).get('test', '?')} test texts; tokens/s per direction.",
