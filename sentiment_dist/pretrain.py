@@ -39,6 +39,7 @@ from sentiment_dist.data.pipeline import (
     make_vectorizer,
     save_vocabulary,
     vectorize,
+    vectorize_windows,
 )
 from sentiment_dist.distribute import Distribution
 from sentiment_dist.errors import UserError
@@ -63,9 +64,16 @@ from sentiment_dist.trainer import Trainer
 log = logging.getLogger(__name__)
 
 
-def unlabeled(vectorizer, texts: np.ndarray) -> TokenizedSplit:
-    """Token ids of `texts` for the shared pipeline (labels unused, weight 1)."""
-    return TokenizedSplit(vectorize(vectorizer, texts), np.zeros(len(texts), np.int32), np.ones(len(texts), np.float32))
+def unlabeled(vocabulary: list[str], texts: np.ndarray, sequence_length: int, whole_texts: bool) -> TokenizedSplit:
+    """Rows of token ids for the shared pipeline (labels unused, weight 1).
+
+    `whole_texts`: every token, each text cut into consecutive windows of
+    `sequence_length`; otherwise each text's first `sequence_length` tokens."""
+    if whole_texts:
+        tokens = vectorize_windows(vocabulary, texts, sequence_length)
+    else:
+        tokens = vectorize(make_vectorizer(sequence_length, vocabulary), texts)
+    return TokenizedSplit(tokens, np.zeros(len(tokens), np.int32), np.ones(len(tokens), np.float32))
 
 
 def held_out_sample(texts: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
@@ -87,12 +95,10 @@ def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: t
         vocabulary = pretrained_vocabulary(cfg.init, dist, pretrained, lambda: data.train.texts)
     else:
         vocabulary = dist.broadcast_object(build_vocabulary(data.train.texts, cfg.model.vocab_size) if dist.is_chief else None)
-    vectorizer = make_vectorizer(cfg.model.sequence_length, vocabulary)
-    eval_texts = cfg.lm.get("eval_texts")
-    train = unlabeled(vectorizer, data.train.texts)
-    validation, test = (
-        unlabeled(vectorizer, held_out_sample(split.texts, eval_texts, cfg.seed))
-        for split in (data.validation, data.test)
+    eval_texts, whole_texts = cfg.lm.get("eval_texts"), cfg.lm.get("whole_texts", True)
+    held_out_texts = [held_out_sample(split.texts, eval_texts, cfg.seed) for split in (data.validation, data.test)]
+    train, validation, test = (
+        unlabeled(vocabulary, texts, cfg.model.sequence_length, whole_texts) for texts in (data.train.texts, *held_out_texts)
     )
     with dist.scope():
         model = build_language_model(cfg.model, len(vocabulary))
@@ -111,16 +117,20 @@ def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: t
         "effective_learning_rate": trainer.base_learning_rate,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-        "train_texts": len(train),
-        "held_out_texts": {"validation": len(validation), "test": len(test)},
+        "train_texts": len(data.train.texts),
+        "train_tokens": int(np.count_nonzero(train.tokens)),
+        "whole_texts": bool(whole_texts),
+        "held_out_texts": {"validation": len(held_out_texts[0]), "test": len(held_out_texts[1])},
         "softmax": f"sampled ({task.num_sampled} negatives)" if task.num_sampled else "full",
         "lr_multipliers": dict(multipliers) if multipliers else None,
     }
     if dist.is_chief:
         log.info(
-            "Pretraining a %s language model (%s) on %d %s texts: %d-token vocabulary%s, %s softmax%s; "
-            "strategy %s, %d replica(s), global batch %d",
-            cfg.model.name, "forward + backward" if cfg.model.bidirectional else "forward", len(train), cfg.dataset.name,
+            "Pretraining a %s language model (%s) on %d %s texts (%d tokens in %d rows of %d, %s): "
+            "%d-token vocabulary%s, %s softmax%s; strategy %s, %d replica(s), global batch %d",
+            cfg.model.name, "forward + backward" if cfg.model.bidirectional else "forward", len(data.train.texts),
+            cfg.dataset.name, environment["train_tokens"], len(train), cfg.model.sequence_length,
+            "whole texts" if whole_texts else "each text cut at that length",
             len(vocabulary), f" from {pretrained.directory}" if pretrained else "", environment["softmax"],
             f", lr multipliers {environment['lr_multipliers']}" if multipliers else "",
             dist.name, dist.num_replicas, trainer.global_batch,
@@ -155,7 +165,7 @@ def pretrain_run(cfg: DictConfig, dist: Distribution, directory: str, tracker: t
         held_out = metrics["test"]
         log.info(
             "Held-out perplexity %.2f on %d tokens of %d test texts%s; next-token accuracy %.3f; %.0f tokens/s",
-            held_out["perplexity"], held_out["tokens"], len(test),
+            held_out["perplexity"], held_out["tokens"], len(held_out_texts[1]),
             "".join(f", {d} {p:.2f}" for d, p in held_out["perplexity_by_direction"].items()) if cfg.model.bidirectional else "",
             held_out["accuracy"], metrics["tokens_per_second"],
         )

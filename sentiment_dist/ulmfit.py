@@ -44,7 +44,7 @@ def stage_config(cfg: DictConfig, dataset: DictConfig, model: DictConfig, init: 
     return OmegaConf.merge(
         shared,
         {"task_name": "pretrain", "dataset": plain(dataset), "model": plain(model), "trainer": plain(cfg.lm.trainer),
-         "lm": {key: cfg.lm.get(key) for key in ("num_sampled", "eval_texts", "lr_multipliers")}, "init": {**plain(cfg.init), **init}},
+         "lm": {key: cfg.lm.get(key) for key in ("num_sampled", "whole_texts", "eval_texts", "lr_multipliers")}, "init": {**plain(cfg.init), **init}},
     )
 
 

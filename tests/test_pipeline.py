@@ -1,4 +1,5 @@
-"""The vocabulary survives model.keras: tokens real reviews contain must not break loading."""
+"""The vocabulary survives model.keras: tokens real reviews contain must not break
+loading; a language model's windows hold every token of every text, in order."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import tensorflow as tf
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from sentiment_dist.data.pipeline import build_vocabulary, make_vectorizer
+from sentiment_dist.data.pipeline import build_vocabulary, make_vectorizer, vectorize_windows
 from sentiment_dist.models import build_classifier, inference_model
 
 # IMDB reviews hold \x85 (NEL, from Windows-1252 "...") and \u2028: Python reads
@@ -34,3 +35,15 @@ def test_a_model_with_that_vocabulary_saves_and_loads(tmp_path):
     loaded = keras.models.load_model(tmp_path / "model.keras")
     text = tf.constant([["a good film \x85 really"]])
     np.testing.assert_allclose(loaded.predict(text, verbose=0), model.predict(text, verbose=0), rtol=1e-6)
+
+
+def test_windows_hold_every_token_of_each_text_in_order():
+    texts = np.array(["one two three four five six seven", "", "two three", "eight one"])
+    vocabulary = build_vocabulary(texts, vocab_size=None)
+    ids = {token: index for index, token in enumerate(vocabulary)}
+    rows = vectorize_windows(vocabulary, texts, 3)
+    expected = [["one", "two", "three"], ["four", "five", "six"], ["seven"], ["two", "three"], ["eight", "one"]]
+    assert rows.shape == (5, 3) and rows.dtype == np.int32  # each text starts a row; the empty one has none
+    for row, words in zip(rows, expected, strict=True):
+        np.testing.assert_array_equal(row, [ids[w] for w in words] + [0] * (3 - len(words)))
+    assert vectorize_windows(vocabulary, texts[1:2], 3).shape == (0, 3)

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from sentiment_dist.config import CONFIG_DIR, register_resolvers
 from sentiment_dist.data import load_dataset
-from sentiment_dist.data.pipeline import TokenizedSplit, make_vectorizer, vectorize
+from sentiment_dist.data.pipeline import TokenizedSplit, make_vectorizer, vectorize, vectorize_windows
 from sentiment_dist.distribute import Distribution
 from sentiment_dist.errors import UserError
 from sentiment_dist.finetune import pretrained_classifier
@@ -40,7 +40,8 @@ TINY = ["debug=tiny_pretrain", "trainer.verbose=false"]
 # Deterministic: full softmax, no dropout, SGD; clipping after the cross-replica sum.
 EXACT = [*TINY, "model=lstm", "model.dropout=0", "lm.num_sampled=null", "trainer.optimizer=sgd", "trainer.momentum=0.9",
          "trainer.learning_rate=0.5", "trainer.gradient_clip_norm=1.0", "trainer.epochs=3",
-         "trainer.early_stopping.patience=null", "trainer.lr_on_plateau.patience=null", "dataset.num_train=256"]
+         "trainer.early_stopping.patience=null", "trainer.lr_on_plateau.patience=null", "dataset.num_train=256",
+         "model.sequence_length=16"]  # shorter than most synthetic reviews: whole texts span several windows
 GLOBAL_BATCH = 32
 
 
@@ -136,8 +137,13 @@ def test_lm_loss_falls_and_perplexity_is_measured_on_held_out_text(exact_run):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="pretrain", overrides=EXACT)
     vocabulary = (exact_run / "vocabulary.txt").read_text().splitlines()
-    ids = vectorize(make_vectorizer(cfg.model.sequence_length, vocabulary), load_dataset(cfg.dataset).test.texts)
+    data = load_dataset(cfg.dataset)
+    ids = vectorize_windows(vocabulary, data.test.texts, cfg.model.sequence_length)
     assert metrics["test"]["tokens"] == int(np.maximum((ids > 0).sum(1) - 1, 0).sum())
+    # lm.whole_texts: the LM trains on every token, not on each text's first window only
+    every_token = sum(len(row) for row in make_vectorizer(None, vocabulary)(data.train.texts.astype(str)).numpy())
+    first_windows = vectorize(make_vectorizer(cfg.model.sequence_length, vocabulary), data.train.texts)
+    assert metrics["environment"]["train_tokens"] == every_token > int((first_windows > 0).sum())
     assert math.isclose(metrics["test"]["perplexity"], math.exp(metrics["test"]["loss"]))
     assert 1 < metrics["test"]["perplexity"] < len(vocabulary)
     assert {"config.yaml", "vocabulary.txt", LM_WEIGHTS_FILE} <= {p.name for p in exact_run.iterdir()}

@@ -39,13 +39,16 @@ class TokenizedSplit:
         return len(self.labels)
 
 
-def make_vectorizer(sequence_length: int, vocabulary: list[str] | None = None, vocab_size: int | None = None):
-    """A `TextVectorization` layer; with `vocabulary` it is ready to use."""
+def make_vectorizer(sequence_length: int | None, vocabulary: list[str] | None = None, vocab_size: int | None = None):
+    """A `TextVectorization` layer; with `vocabulary` it is ready to use.
+
+    `sequence_length` None: every token of each text, as a ragged batch."""
     import keras
 
     layer = keras.layers.TextVectorization(
         max_tokens=vocab_size,
         output_sequence_length=sequence_length,
+        ragged=sequence_length is None,
         standardize="lower_and_strip_punctuation",
         name="vectorizer",
     )
@@ -111,6 +114,35 @@ def vectorize(vectorizer, texts: np.ndarray) -> np.ndarray:
         .map(vectorizer, num_parallel_calls=AUTOTUNE, deterministic=True)
     )
     return np.concatenate([batch.numpy() for batch in dataset]).astype(np.int32)
+
+
+def _windows(ids: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
+    """Texts given as concatenated `ids` and their `lengths` -> rows of `length` consecutive tokens.
+
+    Each text starts a new row and its last row is right-padded; a text
+    without tokens gives no row. Vectorised: one scatter, no per-text loop."""
+    rows_per_text = -(-lengths // length)
+    first_row = np.repeat(np.cumsum(rows_per_text) - rows_per_text, lengths)
+    position = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    rows = np.zeros((int(rows_per_text.sum()), length), np.int32)
+    rows[first_row + position // length, position % length] = ids
+    return rows
+
+
+def vectorize_windows(vocabulary: list[str], texts: np.ndarray, length: int) -> np.ndarray:
+    """Every token of every text (none cut off), in consecutive windows of `length` tokens.
+
+    What a language model reads: truncating each text to `length` would throw
+    away the rest of every longer text (on IMDB at 200 tokens: 31% of the training
+    tokens, `benchmarks/imdb_pretraining.py` reports the counts)."""
+    vectorizer = make_vectorizer(None, vocabulary)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(texts.astype(str))
+        .batch(_VECTORIZE_BATCH)
+        .map(vectorizer, num_parallel_calls=AUTOTUNE, deterministic=True)
+    )
+    rows = [_windows(batch.flat_values.numpy(), batch.row_lengths().numpy(), length) for batch in dataset]
+    return np.concatenate(rows) if rows else np.zeros((0, length), np.int32)
 
 
 def tokenize_split(vectorizer, texts: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> TokenizedSplit:
