@@ -95,3 +95,20 @@ def test_inference_model_takes_raw_strings_and_loads_in_safe_mode(tmp_path):
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
     np.testing.assert_allclose(loaded(texts).numpy(), expected, rtol=1e-6)
+
+
+def test_max_mean_pooling_concatenates_max_and_mean_over_the_real_steps():
+    """Padding outputs zeros from the LSTM: an unmasked max would clip negative maxima to 0."""
+    model = build_classifier(model_cfg("bilstm", pooling="max_mean"), vocab_size=30, num_classes=2)
+    tokens = np.random.default_rng(1).integers(1, 30, size=(3, 12)).astype("int32")
+    tokens[0, 1:], tokens[1, 9:] = 0, 0
+    probe = keras.Model(model.inputs, [model.get_layer("encoder_bilstm_0").output, model.get_layer("encoder_max_mean").output])
+    states, pooled = (t.numpy() for t in probe(tokens))
+    assert pooled.shape == (3, 16)  # 2 directions x 4 units, twice
+    for row, length in enumerate([1, 9, 12]):
+        real = states[row, :length]
+        np.testing.assert_allclose(pooled[row], np.concatenate([real.max(0), real.mean(0)]), atol=1e-6)
+    assert (states[0, 0] < 0).any()  # one real step: some maxima are negative, which an unmasked max gets wrong
+    empty = np.zeros((1, 12), "int32")
+    # a row of padding max-pools to zeros, not -1e4 (Keras' masked mean gives NaN there: the evaluator masks it)
+    np.testing.assert_array_equal(probe(empty)[1].numpy()[0, :8], 0.0)

@@ -56,6 +56,34 @@ class AttentionPooling(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+@keras.saving.register_keras_serializable(package="sentiment_dist")
+class MaskedMaxPooling(keras.layers.Layer):
+    """The maximum over the real (unmasked) time steps.
+
+    Keras' GlobalMaxPooling1D ignores the mask, and the LSTM outputs zeros at
+    padding, so a unit negative on every real step of a shorter text pooled
+    to 0 instead of its maximum. A row without real steps pools to zeros."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, sequence, mask=None):
+        if mask is None:
+            return keras.ops.max(sequence, axis=1)
+        real = keras.ops.expand_dims(mask, -1)
+        # below any LSTM output ([-1, 1]) and still finite in float16 / bfloat16
+        floor = keras.ops.full_like(sequence, -1e4)
+        pooled = keras.ops.max(keras.ops.where(real, sequence, floor), axis=1)
+        return keras.ops.where(keras.ops.any(real, axis=1), pooled, keras.ops.zeros_like(pooled))
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
 def recurrent_layer(cfg: DictConfig, index: int, return_sequences: bool, merge_mode: str | None = "concat"):
     """The `index`-th (bi)LSTM layer of the encoder.
 
@@ -98,8 +126,8 @@ def _recurrent_encoder(cfg: DictConfig, tokens: keras.KerasTensor) -> keras.Kera
             cfg.recurrent_dropout,
         )
     pooling = cfg.pooling
-    if pooling not in ("last", "max", "mean", "attention"):
-        raise UserError(f"model.pooling={pooling!r} is unknown; use last, max, mean or attention.")
+    if pooling not in ("last", "max", "mean", "max_mean", "attention"):
+        raise UserError(f"model.pooling={pooling!r} is unknown; use last, max, mean, max_mean or attention.")
     x = tokens
     for index in range(cfg.num_layers):
         last_layer = index == cfg.num_layers - 1
@@ -107,9 +135,14 @@ def _recurrent_encoder(cfg: DictConfig, tokens: keras.KerasTensor) -> keras.Kera
         if not last_layer and cfg.dropout > 0:
             x = keras.layers.Dropout(cfg.dropout, name=f"encoder_dropout_{index}")(x)
     if pooling == "max":
-        x = keras.layers.GlobalMaxPooling1D(name="encoder_max_pool")(x)
+        x = MaskedMaxPooling(name="encoder_max_pool")(x)
     elif pooling == "mean":
         x = keras.layers.GlobalAveragePooling1D(name="encoder_mean_pool")(x)
+    elif pooling == "max_mean":  # ULMFiT's concat pooling, less the last state (which max and mean mostly cover)
+        x = keras.layers.Concatenate(name="encoder_max_mean")(
+            [MaskedMaxPooling(name="encoder_max_pool")(x),
+             keras.layers.GlobalAveragePooling1D(name="encoder_mean_pool")(x)]
+        )
     elif pooling == "attention":
         x = AttentionPooling(cfg.attention_units, name="encoder_attention")(x)
     return x
