@@ -86,9 +86,11 @@ def test_unknown_model_and_single_class_are_user_errors():
         build_classifier(model_cfg("lstm"), vocab_size=30, num_classes=1)
 
 
-def test_inference_model_takes_raw_strings_and_loads_in_safe_mode(tmp_path):
+@pytest.mark.parametrize("name, pooling", [("attention_lstm", "attention"), ("bilstm", "max_mean")])
+def test_inference_model_takes_raw_strings_and_loads_in_safe_mode(tmp_path, name, pooling):
+    """Our own pooling layers are registered, so safe mode loads them."""
     vectorizer = make_vectorizer(12, ["", "[UNK]", "good", "bad", "movie"])
-    classifier = build_classifier(model_cfg("attention_lstm"), vocab_size=5, num_classes=3)
+    classifier = build_classifier(model_cfg(name, pooling=pooling), vocab_size=5, num_classes=3)
     model = inference_model(vectorizer, classifier)
     texts = tf.constant([["good movie"], ["bad bad movie"]])
     expected = model(texts).numpy()
