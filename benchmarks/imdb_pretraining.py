@@ -120,6 +120,7 @@ def main() -> None:
         "stage": "language model (`pretrain experiment=pretrain_imdb`)",
         "perplexity": lm_metrics["test"]["perplexity"],
         "by_direction": ", ".join(f"{d} {p:.1f}" for d, p in lm_metrics["test"]["perplexity_by_direction"].items()),
+        "train_tokens": lm_metrics["environment"].get("train_tokens"),
         "tokens_per_second": lm_metrics["tokens_per_second"], "epochs_run": lm_metrics["epochs_run"],
         "train_seconds": lm_metrics["train_seconds"], "wall_seconds": lm.get("wall_seconds"),
     }]
@@ -132,7 +133,10 @@ def main() -> None:
         "conf/finetune/default.yaml (gradual unfreezing; embedding 0.1x, encoder 0.3x, head 1x the learning rate).",
         f"Language model: {lm_metrics['epochs_run']} epochs"
         + (f" (continued from {lm_metrics['init_from']})" if lm_metrics.get("init_from") else "")
-        + " on the training texts only, sampled softmax "
+        + " on the training texts only"
+        + (", every token (lm.whole_texts)" if lm_metrics["environment"].get("whole_texts")
+           else ", each text's first model.sequence_length tokens only")
+        + ", sampled softmax "
         f"({lm_metrics['environment'].get('softmax')}); perplexity with the full softmax on "
         f"{lm_metrics['test']['tokens']} tokens of a seeded sample of "
         f"{lm_metrics['environment'].get('held_out_texts', {}).get('test', '?')} test texts; tokens/s per direction.",
@@ -143,7 +147,8 @@ def main() -> None:
         args.results_name, "IMDB: the LSTM with and without language-model pretraining, vs TF-IDF + LR",
         {"split": sizes, "args": vars(args), "tfidf": baseline, "lm": lm, "classifiers": rows},
         [("Language model", lm_table, [("stage", "stage"), ("perplexity", "test perplexity"),
-                                       ("by_direction", "per direction"), ("tokens_per_second", "tokens/s"),
+                                       ("by_direction", "per direction"), ("train_tokens", "training tokens"),
+                                       ("tokens_per_second", "tokens/s"),
                                        ("epochs_run", "epochs"), ("train_seconds", "train s"),
                                        ("wall_seconds", "wall s")]),
          ("Classifier test set", table, [("model", "model"), ("accuracy", "test accuracy"), ("macro_f1", "macro-F1"),
