@@ -72,7 +72,7 @@ def language_model(csv: str, args) -> tuple[str, dict]:
 def classifier(name: str, task: str, init: list[str], csv: str, args) -> dict:
     run_dir = RUNS_DIR / args.results_name / name
     command = [sys.executable, "-m", f"sentiment_dist.{task}", "dataset=imdb", f"trainer.epochs={args.epochs}",
-               *common(csv, args, run_dir, task), *init]
+               *common(csv, args, run_dir, task), *init, *args.classifier]
     return classifier_run(name, command, run_dir, {"stage": name})
 
 
@@ -85,6 +85,8 @@ def main() -> None:
                         help="continue this finished pretrain run for --lm-epochs more epochs (init.from)")
     parser.add_argument("--max-rows", type=int, default=None, help="seeded sample of the CSV (default: all 50k)")
     parser.add_argument("--model", nargs="*", default=[], help="more model.* overrides, for every stage")
+    parser.add_argument("--classifier", nargs="*", default=[],
+                        help="more Hydra overrides for the classifier stages only (e.g. trainer.learning_rate=0.0005)")
     parser.add_argument("--c-values", default="1,4,16", help="logistic regression C values tried on validation")
     parser.add_argument("--skip-tfidf", action="store_true")
     parser.add_argument("--classifiers", nargs="+", choices=("scratch", "pretrained", "ulmfit"),
@@ -128,7 +130,9 @@ def main() -> None:
     notes = [
         f"Seeded split of the 50k IMDB CSV (conf/dataset/imdb.yaml, seed 42): {sizes['train']} train / "
         f"{sizes['validation']} validation / {sizes['test']} test" + (f" (max_rows={args.max_rows})." if args.max_rows else "."),
-        f"Every stage: {architecture}. Classifiers: {args.epochs} epochs each, test metrics of the best epoch by "
+        f"Every stage: {architecture}. Classifiers"
+        + (f" ({' '.join(args.classifier)})" if args.classifier else "")
+        + f": {args.epochs} epochs each, test metrics of the best epoch by "
         "val_loss; `train` runs use conf/trainer/default.yaml, the `finetune` run conf/trainer/finetune.yaml with "
         "conf/finetune/default.yaml (gradual unfreezing; embedding 0.1x, encoder 0.3x, head 1x the learning rate).",
         f"Language model: {lm_metrics['epochs_run']} epochs"
