@@ -104,16 +104,20 @@ def load_vocabulary(directory: str) -> list[str]:
     return vocabulary
 
 
-def vectorize(vectorizer, texts: np.ndarray) -> np.ndarray:
-    """Token ids for every text, computed by TF in large batches."""
-    if len(texts) == 0:
-        return np.zeros((0, vectorizer.get_config()["output_sequence_length"]), np.int32)
-    dataset = (
+def _vectorized_batches(vectorizer, texts: np.ndarray) -> tf.data.Dataset:
+    """`texts` through `vectorizer` by TF in large batches, in order."""
+    return (
         tf.data.Dataset.from_tensor_slices(texts.astype(str))
         .batch(_VECTORIZE_BATCH)
         .map(vectorizer, num_parallel_calls=AUTOTUNE, deterministic=True)
     )
-    return np.concatenate([batch.numpy() for batch in dataset]).astype(np.int32)
+
+
+def vectorize(vectorizer, texts: np.ndarray) -> np.ndarray:
+    """Token ids for every text, computed by TF in large batches."""
+    if len(texts) == 0:
+        return np.zeros((0, vectorizer.get_config()["output_sequence_length"]), np.int32)
+    return np.concatenate([batch.numpy() for batch in _vectorized_batches(vectorizer, texts)]).astype(np.int32)
 
 
 def _windows(ids: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
@@ -134,14 +138,9 @@ def vectorize_windows(vocabulary: list[str], texts: np.ndarray, length: int) -> 
 
     What a language model reads: truncating each text to `length` would throw
     away the rest of every longer text (on IMDB at 200 tokens: 31% of the training
-    tokens, `benchmarks/imdb_pretraining.py` reports the counts)."""
-    vectorizer = make_vectorizer(None, vocabulary)
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(texts.astype(str))
-        .batch(_VECTORIZE_BATCH)
-        .map(vectorizer, num_parallel_calls=AUTOTUNE, deterministic=True)
-    )
-    rows = [_windows(batch.flat_values.numpy(), batch.row_lengths().numpy(), length) for batch in dataset]
+    tokens; the pretrain job's first log line gives the counts)."""
+    batches = _vectorized_batches(make_vectorizer(None, vocabulary), texts)
+    rows = [_windows(batch.flat_values.numpy(), batch.row_lengths().numpy(), length) for batch in batches]
     return np.concatenate(rows) if rows else np.zeros((0, length), np.int32)
 
 
