@@ -16,7 +16,8 @@ texts never reach it (its perplexity is scored on a seeded sample of them).
 
 All classifiers share the architecture (`--model ...` overrides) and the
 number of epochs (`--epochs`), and keep the weights of their best epoch by
-validation loss.
+validation loss (or the `trainer.best_monitor` given with `--classifier`; the
+notes read it from each run's config).
 
     python benchmarks/imdb_pretraining.py                                   # about an hour on 2 cores
     python benchmarks/imdb_pretraining.py --lm-dir benchmarks/data/runs/imdb_pretraining/lm   # reuse the LM
@@ -73,7 +74,13 @@ def classifier(name: str, task: str, init: list[str], csv: str, args) -> dict:
     run_dir = RUNS_DIR / args.results_name / name
     command = [sys.executable, "-m", f"sentiment_dist.{task}", "dataset=imdb", f"trainer.epochs={args.epochs}",
                *common(csv, args, run_dir, task), *init, *args.classifier]
-    return classifier_run(name, command, run_dir, {"stage": name})
+    row = classifier_run(name, command, run_dir, {"stage": name})
+    config = run_dir / "config.yaml"
+    if config.is_file():  # which epoch's weights were kept: as the run was configured, not as assumed here
+        from omegaconf import OmegaConf
+
+        row["best_monitor"] = OmegaConf.load(config).trainer.best_monitor
+    return row
 
 
 def main() -> None:
@@ -133,7 +140,8 @@ def main() -> None:
         f"Every stage: {architecture}. Classifiers"
         + (f" ({' '.join(args.classifier)})" if args.classifier else "")
         + f": {args.epochs} epochs each, test metrics of the best epoch by "
-        "val_loss; `train` runs use conf/trainer/default.yaml, the `finetune` run conf/trainer/finetune.yaml with "
+        + (", ".join(sorted({row["best_monitor"] for row in rows if "best_monitor" in row})) or "val_loss")
+        + "; `train` runs use conf/trainer/default.yaml, the `finetune` run conf/trainer/finetune.yaml with "
         "conf/finetune/default.yaml (gradual unfreezing; embedding 0.1x, encoder 0.3x, head 1x the learning rate).",
         f"Language model: {lm_metrics['epochs_run']} epochs"
         + (f" (continued from {lm_metrics['init_from']})" if lm_metrics.get("init_from") else "")
