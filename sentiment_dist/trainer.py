@@ -7,6 +7,8 @@ replicas by the `Distribution`, clipped by their global norm, and applied by
 one optimizer per parameter group (discriminative learning rates). Keras
 callbacks (progress bar, early stopping, LR on plateau, NaN guard) are driven
 through a `CallbackList`; resume state lives in `tf.train.CheckpointManager`.
+With `trainer.ema_momentum`, what is validated, selected and saved is the
+optimizer's moving average of the weights (Polyak averaging).
 
 What is optimised is a `Task`: `ClassificationTask` (per-example
 cross-entropy) for classifiers, `LanguageModelTask`
@@ -17,6 +19,7 @@ clipping, optimizers, callbacks and checkpoints stay here, written once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -39,11 +42,12 @@ from sentiment_dist.models import per_example_loss, predicted_class
 
 log = logging.getLogger(__name__)
 
+# `ema` is Keras' own moving average of the weights (use_ema, ema_momentum), or nothing.
 OPTIMIZERS = {
-    "adam": lambda lr, cfg: keras.optimizers.Adam(lr),
-    "adamw": lambda lr, cfg: keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay),
-    "sgd": lambda lr, cfg: keras.optimizers.SGD(lr, momentum=cfg.momentum),
-    "rmsprop": lambda lr, cfg: keras.optimizers.RMSprop(lr),
+    "adam": lambda lr, cfg, **ema: keras.optimizers.Adam(lr, **ema),
+    "adamw": lambda lr, cfg, **ema: keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **ema),
+    "sgd": lambda lr, cfg, **ema: keras.optimizers.SGD(lr, momentum=cfg.momentum, **ema),
+    "rmsprop": lambda lr, cfg, **ema: keras.optimizers.RMSprop(lr, **ema),
 }
 
 
@@ -267,7 +271,11 @@ class Trainer:
     def _make_optimizer(self, learning_rate: float) -> keras.optimizers.Optimizer:
         if self.cfg.optimizer not in OPTIMIZERS:
             raise UserError(f"trainer.optimizer={self.cfg.optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}.")
-        optimizer = OPTIMIZERS[self.cfg.optimizer](learning_rate, self.cfg)
+        momentum = self.cfg.get("ema_momentum")
+        if momentum is not None and not (isinstance(momentum, int | float) and 0 < momentum < 1):
+            raise UserError(f"trainer.ema_momentum={momentum!r} must be between 0 and 1 (e.g. 0.999), or null for off.")
+        ema = {"use_ema": True, "ema_momentum": float(momentum)} if momentum is not None else {}
+        optimizer = OPTIMIZERS[self.cfg.optimizer](learning_rate, self.cfg, **ema)
         if keras.mixed_precision.global_policy().name == "mixed_float16":
             if len(self.groups) > 1:
                 raise UserError(
@@ -283,6 +291,36 @@ class Trainer:
         for group in self.groups:
             group.trainable = group.name in names
         self._train_step_fn = None  # retrace with the new set
+
+    # -- weight averaging ----------------------------------------------------
+    def _swap_in_averages(self) -> list[tuple[Any, np.ndarray]]:
+        """Put each trained weight's moving average (trainer.ema_momentum) in its
+        place; returns (variable, weight it had) to put back.
+
+        The optimizer updates the average after every step it applies, on every
+        replica alike, so it is the same under every strategy; a group that has
+        not taken a step yet (frozen so far) has no average and keeps its weights.
+        """
+        swapped = []
+        for group in self.groups:
+            optimizer = getattr(group.optimizer, "inner_optimizer", group.optimizer)
+            if not optimizer.use_ema or int(optimizer.iterations.numpy()) == 0:
+                continue
+            # Keras keeps the averages in the order of the variables it was built with.
+            for variable, average in zip(group.variables, optimizer._model_variables_moving_average, strict=True):
+                swapped.append((variable, variable.numpy()))
+                variable.assign(average)
+        return swapped
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Score (and let callbacks keep) the averaged weights; training goes on from its own."""
+        swapped = self._swap_in_averages()
+        try:
+            yield
+        finally:
+            for variable, value in swapped:
+                variable.assign(value)
 
     # -- steps ------------------------------------------------------------
     def _replica_train_step(self, *batch):
@@ -390,17 +428,21 @@ class Trainer:
                         + "."
                     )
             seconds = time.perf_counter() - started
-            result = self.evaluate(validation)
-            logs = {
-                **self.task.epoch_logs(totals, result, seconds),
-                "learning_rate": self.optimizer.learning_rate,
-                "epoch_seconds": seconds,
-                "examples_per_second": steps * self.global_batch / seconds,
-            }
-            callback_list.on_epoch_end(epoch, logs)
+            # Validation, early stopping and the best-epoch weights see the averaged weights (if any);
+            # the checkpoint keeps the raw ones (and the averages, in the optimizer) to resume from.
+            with self.averaged_weights():
+                result = self.evaluate(validation)
+                logs = {
+                    **self.task.epoch_logs(totals, result, seconds),
+                    "learning_rate": self.optimizer.learning_rate,
+                    "epoch_seconds": seconds,
+                    "examples_per_second": steps * self.global_batch / seconds,
+                }
+                callback_list.on_epoch_end(epoch, logs)
             history.epochs.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
             if checkpoint:
                 checkpoint.save(history)
+        self._swap_in_averages()  # the model ends with the averages (the best epoch's, once BestWeights restores)
         callback_list.on_train_end()
         return history
 

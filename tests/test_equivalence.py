@@ -79,6 +79,33 @@ def test_horovod_matches_single_device(single_run, tmp_path, horovod_available):
     assert_same_weights(single_run, tmp_path / "run")
 
 
+EMA = "trainer.ema_momentum=0.9"  # the saved model is the moving average of the weights
+HALF_BATCH_LAUNCHES = {
+    "mirrored": lambda *args: module("train", *args, "strategy=mirrored", "strategy.cpu_devices=2"),
+    "multiworker": lambda *args: multiworker(2) + module("train", *args, "strategy=multiworker"),
+    "horovod": lambda *args: horovodrun() + module("train", *args, "strategy=horovod"),
+}
+
+
+@pytest.fixture(scope="module")
+def single_run_averaged(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single_ema")
+    run(module("train", *COMMON, EMA, f"trainer.batch_size={GLOBAL_BATCH}", f"hydra.run.dir={out}/run"), cwd=out)
+    return out / "run"
+
+
+@pytest.mark.parametrize("strategy", sorted(HALF_BATCH_LAUNCHES))
+def test_weight_averages_match_single_device(single_run_averaged, single_run, strategy, tmp_path, request):
+    """Keras updates the average inside `apply_gradients`, in each replica's context."""
+    if strategy == "horovod":
+        request.getfixturevalue("horovod_available")
+    half = f"trainer.batch_size={GLOBAL_BATCH // 2}"
+    run(HALF_BATCH_LAUNCHES[strategy](*COMMON, EMA, half, f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
+    assert_same_weights(single_run_averaged, tmp_path / "run")
+    with pytest.raises(AssertionError, match="weights differ"):  # the average is not the raw weights
+        assert_same_weights(single_run, tmp_path / "run")
+
+
 def test_a_different_global_batch_gives_different_weights(single_run, tmp_path):
     """The tolerance is meaningful: training on other batches moves weights well past it."""
     run(module("train", *COMMON, f"trainer.batch_size={GLOBAL_BATCH // 2}", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
