@@ -38,7 +38,7 @@ def ema(steps: list[list[np.ndarray]]) -> list[np.ndarray]:
     return average
 
 
-def train(ema_momentum: float | None, epochs: int = 2, grouped: bool = False, schedule=None):
+def train(ema_momentum: float | None, epochs: int = 2, grouped: bool = False, schedule=None, checkpoint_dir=None):
     cfg = OmegaConf.load(f"{CONFIG_DIR}/trainer/default.yaml")
     cfg.merge_with({"batch_size": 8, "optimizer": "sgd", "learning_rate": 0.5, "ema_momentum": ema_momentum,
                     "early_stopping": {"patience": None}, "lr_on_plateau": {"patience": None}})
@@ -54,7 +54,8 @@ def train(ema_momentum: float | None, epochs: int = 2, grouped: bool = False, sc
     tokens, labels = rng.integers(1, 20, size=(40, 10)).astype("int32"), rng.integers(0, 2, 40).astype("int32")
     split = TokenizedSplit(tokens, labels, np.ones(40, "float32"))
     recorder = RawWeights()
-    history = trainer.fit(split, split, epochs=epochs, callbacks=[recorder], verbose=False, schedule=schedule)
+    history = trainer.fit(split, split, epochs=epochs, callbacks=[recorder], verbose=False, schedule=schedule,
+                          checkpoint_dir=checkpoint_dir)
     return trainer, split, recorder.steps, history
 
 
@@ -103,3 +104,14 @@ def test_a_group_averages_from_when_it_unfreezes_and_a_frozen_one_keeps_its_weig
     head_expected = ema([[step[i] for i in head] for step in raw_steps])
     for i, e in zip(head, head_expected, strict=True):
         np.testing.assert_allclose(final[i], e, rtol=0, atol=1e-5)
+
+
+def test_a_resumed_run_continues_the_average(tmp_path):
+    """The checkpoint holds the raw weights and the averages: stopped after epoch 1 and resumed,
+    the run ends with the average of an uninterrupted one."""
+    uninterrupted, *_ = train(MOMENTUM, epochs=2)
+    train(MOMENTUM, epochs=1, checkpoint_dir=str(tmp_path))
+    resumed, _, raw_steps, _ = train(MOMENTUM, epochs=2, checkpoint_dir=str(tmp_path))
+    assert len(raw_steps) == 5  # only epoch 2 ran
+    for a, b in zip(resumed.model.get_weights(), uninterrupted.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
