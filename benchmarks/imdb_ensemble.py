@@ -64,17 +64,42 @@ def main() -> None:
                      "accuracy": accuracy, "recorded_accuracy": recorded, "seconds": None if cached else seconds})
         print(f"[{run.name}] test accuracy {accuracy:.4f} (its run recorded {recorded:.4f}), "
               f"{'cached predictions' if cached else f'{seconds:.0f} s'}", flush=True)
-    mean = np.mean(probabilities, axis=0)
-    rows.append({"model": f"average of the {len(runs)} above", "accuracy": float(np.mean((mean >= 0.5) == labels))})
-    print(f"[ensemble] test accuracy {rows[-1]['accuracy']:.4f}", flush=True)
+    if len(runs) > 1:
+        mean = np.mean(probabilities, axis=0)
+        probabilities.append(mean)
+        rows.append({"model": f"average of the {len(runs)} above", "accuracy": float(np.mean((mean >= 0.5) == labels))})
+        print(f"[ensemble] test accuracy {rows[-1]['accuracy']:.4f}", flush=True)
+    by_length, length_columns = accuracy_by_length(runs[0], texts, labels, rows, probabilities)
     write_results(
         args.results_name, "IMDB: classifiers alone and averaged",
-        {"runs": [str(run) for run in runs], "test_reviews": len(texts), "rows": rows},
+        {"runs": [str(run) for run in runs], "test_reviews": len(texts), "rows": rows, "by_length": by_length},
         [("Test set", rows, [("model", "model"), ("accuracy", "test accuracy"),
-                             ("recorded_accuracy", "recorded by its run"), ("seconds", "predict s (empty: cached)")])],
+                             ("recorded_accuracy", "recorded by its run"), ("seconds", "predict s (empty: cached)")]),
+         ("Test accuracy by review length", by_length, [("model", "model"), *length_columns])],
         ["Seeded split of the 50k IMDB CSV (conf/dataset/imdb.yaml, seed 42); each model reads raw test text "
-         "through its saved vectorizer; the ensemble averages P(positive)."],
+         "through its saved vectorizer; the ensemble averages P(positive).",
+         "Review length: its tokens as the first run's vectorizer splits them (every token, in or out of the "
+         "vocabulary); a classifier reads the first model.sequence_length of them (its config.yaml)."],
     )
+
+
+LENGTH_BUCKETS = [(0, 200), (200, 400), (400, 800), (800, None)]
+
+
+def accuracy_by_length(run: Path, texts: list[str], labels: np.ndarray, rows: list[dict],
+                       probabilities: list[np.ndarray]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Each model's accuracy per review-length bucket: where truncation at model.sequence_length costs."""
+    from sentiment_dist.data.pipeline import load_vocabulary, make_vectorizer, vectorized_batches
+
+    vectorizer = make_vectorizer(None, load_vocabulary(str(run)))
+    lengths = np.concatenate([batch.row_lengths().numpy() for batch in vectorized_batches(vectorizer, np.array(texts))])
+    masks = {(low, high): (lengths > low) & ((lengths <= high) if high else True) for low, high in LENGTH_BUCKETS}
+    names = {bucket: (f"{bucket[0] + 1}-{bucket[1]}" if bucket[1] else f">{bucket[0]}") for bucket in masks}
+    table = []
+    for row, positive in zip(rows, probabilities, strict=True):
+        correct = (positive >= 0.5) == labels
+        table.append({"model": row["model"], **{names[b]: float(np.mean(correct[m])) for b, m in masks.items()}})
+    return table, [(names[b], f"{names[b]} tokens ({int(m.sum())} reviews)") for b, m in masks.items()]
 
 
 if __name__ == "__main__":

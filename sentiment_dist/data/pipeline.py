@@ -104,7 +104,7 @@ def load_vocabulary(directory: str) -> list[str]:
     return vocabulary
 
 
-def _vectorized_batches(vectorizer, texts: np.ndarray) -> tf.data.Dataset:
+def vectorized_batches(vectorizer, texts: np.ndarray) -> tf.data.Dataset:
     """`texts` through `vectorizer` by TF in large batches, in order."""
     return (
         tf.data.Dataset.from_tensor_slices(texts.astype(str))
@@ -117,7 +117,7 @@ def vectorize(vectorizer, texts: np.ndarray) -> np.ndarray:
     """Token ids for every text, computed by TF in large batches."""
     if len(texts) == 0:
         return np.zeros((0, vectorizer.get_config()["output_sequence_length"]), np.int32)
-    return np.concatenate([batch.numpy() for batch in _vectorized_batches(vectorizer, texts)]).astype(np.int32)
+    return np.concatenate([batch.numpy() for batch in vectorized_batches(vectorizer, texts)]).astype(np.int32)
 
 
 def _windows(ids: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
@@ -139,7 +139,7 @@ def vectorize_windows(vocabulary: list[str], texts: np.ndarray, length: int) -> 
     What a language model reads: truncating each text to `length` would throw
     away the rest of every longer text (on IMDB at 200 tokens: 31% of the training
     tokens; the pretrain job's first log line gives the counts)."""
-    batches = _vectorized_batches(make_vectorizer(None, vocabulary), texts)
+    batches = vectorized_batches(make_vectorizer(None, vocabulary), texts)
     rows = [_windows(batch.flat_values.numpy(), batch.row_lengths().numpy(), length) for batch in batches]
     return np.concatenate(rows) if rows else np.zeros((0, length), np.int32)
 
