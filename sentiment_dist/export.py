@@ -47,7 +47,8 @@ def export_run(run_dir: str, out: str, tflite: bool) -> dict[str, str]:
         written = {"saved_model": os.path.join(out, SAVED_MODEL)}
         if tflite:
             classifier = run.classifier
-            tokens = keras.Input(batch_shape=(1, classifier.input_shape[1]), dtype="int32", name="tokens")
+            length = run.config.model.sequence_length  # TFLite wants a fixed shape: the vectorizer's
+            tokens = keras.Input(batch_shape=(1, length), dtype="int32", name="tokens")
             converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(tokens, classifier(tokens)))
             for kind, name in TFLITE_FILES.items():
                 converter.optimizations = [tf.lite.Optimize.DEFAULT] if kind == "dynamic_range" else []

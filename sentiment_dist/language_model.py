@@ -94,7 +94,7 @@ def check_pretrainable(cfg: DictConfig) -> None:
 def build_language_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:
     """The classifier's embedding and (bi)LSTM layers, every step's states out, and LM heads."""
     check_pretrainable(cfg)
-    tokens = keras.Input(shape=(cfg.sequence_length,), dtype="int32", name="tokens")
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # any length, as the classifier
     x = embed(cfg, tokens, vocab_size)
     for index in range(cfg.num_layers):
         x = recurrent_layer(cfg, index, return_sequences=True, merge_mode=None)(x)
@@ -179,8 +179,8 @@ class LanguageModelTask:
     def progress(self, totals):
         return {"loss": totals[0] / max(totals[2], 1)}
 
-    def evaluator(self, dist, model, global_batch):
-        return LanguageModelEvaluator(dist, model, global_batch)
+    def evaluator(self, dist, model, global_batch, by_length=False):
+        return LanguageModelEvaluator(dist, model, global_batch, by_length)
 
     def epoch_logs(self, totals, result, seconds):
         logs = {
@@ -231,10 +231,10 @@ class LanguageModelEvaluation:
 class LanguageModelEvaluator:
     """Held-out perplexity with the full softmax, every real token counted once."""
 
-    def __init__(self, dist: Distribution, model: LanguageModel, global_batch: int):
-        self.dist, self.model, self.global_batch = dist, model, global_batch
+    def __init__(self, dist: Distribution, model: LanguageModel, global_batch: int, by_length: bool = False):
+        self.dist, self.model, self.global_batch, self.by_length = dist, model, global_batch, by_length
 
-        @tf.function
+        @tf.function(reduce_retracing=True)
         def step(batch):
             return dist.reduce_sum(dist.run(self._replica_step, args=batch))
 
@@ -258,7 +258,9 @@ class LanguageModelEvaluator:
 
     def evaluate(self, split: TokenizedSplit) -> LanguageModelEvaluation:
         stats = np.zeros((len(self.model.heads), 3))
-        batches = self.dist.distribute_dataset(lambda shard: evaluation_batches(split, self.global_batch, shard))
+        batches = self.dist.distribute_dataset(
+            lambda shard: evaluation_batches(split, self.global_batch, shard, self.by_length)
+        )
         for batch in batches:
             stats += self._step(batch).numpy()
         return LanguageModelEvaluation(self.model.directions, stats)

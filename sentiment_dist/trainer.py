@@ -139,10 +139,12 @@ class History:
 class Evaluator:
     """Loss and confusion matrix over a split, sharded over every replica."""
 
-    def __init__(self, dist: Distribution, model: keras.Model, num_classes: int, global_batch: int):
+    def __init__(self, dist: Distribution, model: keras.Model, num_classes: int, global_batch: int,
+                 by_length: bool = False):
         self.dist, self.model, self.num_classes, self.global_batch = dist, model, num_classes, global_batch
+        self.by_length = by_length  # batches sorted by length and cut to their longest row
 
-        @tf.function
+        @tf.function(reduce_retracing=True)  # by_length: one trace for every batch length
         def step(batch):
             return dist.reduce_sum(dist.run(self._replica_step, args=batch))
 
@@ -159,7 +161,9 @@ class Evaluator:
     def evaluate(self, split: TokenizedSplit) -> EvaluationResult:
         """Every example of `split` counted exactly once (padding has weight 0)."""
         loss_sum, confusion = 0.0, np.zeros((self.num_classes, self.num_classes))
-        batches = self.dist.distribute_dataset(lambda shard: evaluation_batches(split, self.global_batch, shard))
+        batches = self.dist.distribute_dataset(
+            lambda shard: evaluation_batches(split, self.global_batch, shard, self.by_length)
+        )
         for batch in batches:
             batch_loss, batch_confusion = self._step(batch)
             loss_sum += float(batch_loss)
@@ -179,8 +183,8 @@ class Task(Protocol):
     def progress(self, totals: np.ndarray) -> dict[str, float]:
         """Running logs from the summed statistics; `loss` first."""
 
-    def evaluator(self, dist: Distribution, model: keras.Model, global_batch: int) -> Any:
-        """An object whose `evaluate(split)` scores held-out data."""
+    def evaluator(self, dist: Distribution, model: keras.Model, global_batch: int, by_length: bool) -> Any:
+        """An object whose `evaluate(split)` scores held-out data (`by_length`: see `evaluation_batches`)."""
 
     def epoch_logs(self, totals: np.ndarray, result: Any, seconds: float) -> dict[str, float]:
         """Training and validation metrics of one epoch (`val_loss` among them)."""
@@ -204,8 +208,8 @@ class ClassificationTask:
     def progress(self, totals):
         return {"loss": totals[0] / totals[2], "accuracy": totals[1] / max(totals[2], 1)}
 
-    def evaluator(self, dist, model, global_batch):
-        return Evaluator(dist, model, self.num_classes, global_batch)
+    def evaluator(self, dist, model, global_batch, by_length=False):
+        return Evaluator(dist, model, self.num_classes, global_batch, by_length)
 
     def epoch_logs(self, totals, result, seconds):
         return {
@@ -252,7 +256,8 @@ class Trainer:
         self.model.stop_training = False
         dist.broadcast_variables(self.model.variables + self.optimizer.variables)
         self._train_step_fn = None
-        self.evaluator = self.task.evaluator(dist, model, self.global_batch)
+        self.by_length = bool(cfg.get("batch_by_length"))
+        self.evaluator = self.task.evaluator(dist, model, self.global_batch, self.by_length)
 
     # -- set-up -----------------------------------------------------------
     def _effective_learning_rate(self) -> float:
@@ -349,7 +354,7 @@ class Trainer:
             if not any(group.trainable for group in self.groups):
                 raise UserError("every layer group is frozen; unfreeze at least one (finetune.freeze).")
 
-            @tf.function
+            @tf.function(reduce_retracing=True)  # by_length: one trace for every batch length
             def step(batch):
                 return self.dist.reduce_sum(self.dist.run(self._replica_train_step, args=batch))
 
@@ -407,7 +412,9 @@ class Trainer:
             started = time.perf_counter()
             totals = np.zeros(3)
             batches = self.dist.distribute_dataset(
-                lambda shard, epoch=epoch: training_batches(train, self.global_batch, self.seed, epoch, shard)
+                lambda shard, epoch=epoch: training_batches(
+                    train, self.global_batch, self.seed, epoch, shard, self.by_length
+                )
             )
             for step, batch in enumerate(batches):
                 callback_list.on_train_batch_begin(step)

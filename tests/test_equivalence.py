@@ -79,7 +79,11 @@ def test_horovod_matches_single_device(single_run, tmp_path, horovod_available):
     assert_same_weights(single_run, tmp_path / "run")
 
 
-EMA = "trainer.ema_momentum=0.9"  # the saved model is the moving average of the weights
+# Options that change what is trained or kept, each checked under every strategy:
+VARIANTS = {
+    "weight_average": ["trainer.ema_momentum=0.9"],  # saved: the moving average, updated in apply_gradients
+    "batch_by_length": ["trainer.batch_by_length=true"],  # sortish global batches, cut before being split
+}
 HALF_BATCH_LAUNCHES = {
     "mirrored": lambda *args: module("train", *args, "strategy=mirrored", "strategy.cpu_devices=2"),
     "multiworker": lambda *args: multiworker(2) + module("train", *args, "strategy=multiworker"),
@@ -88,21 +92,29 @@ HALF_BATCH_LAUNCHES = {
 
 
 @pytest.fixture(scope="module")
-def single_run_averaged(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single_ema")
-    run(module("train", *COMMON, EMA, f"trainer.batch_size={GLOBAL_BATCH}", f"hydra.run.dir={out}/run"), cwd=out)
-    return out / "run"
+def single_variant_runs(tmp_path_factory):
+    runs = {}
+
+    def get(variant: str):
+        if variant not in runs:
+            out = tmp_path_factory.mktemp(f"single_{variant}")
+            run(module("train", *COMMON, *VARIANTS[variant], f"trainer.batch_size={GLOBAL_BATCH}",
+                       f"hydra.run.dir={out}/run"), cwd=out)
+            runs[variant] = out / "run"
+        return runs[variant]
+
+    return get
 
 
 @pytest.mark.parametrize("strategy", sorted(HALF_BATCH_LAUNCHES))
-def test_weight_averages_match_single_device(single_run_averaged, single_run, strategy, tmp_path, request):
-    """Keras updates the average inside `apply_gradients`, in each replica's context."""
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_training_options_match_single_device(single_variant_runs, single_run, variant, strategy, tmp_path, request):
     if strategy == "horovod":
         request.getfixturevalue("horovod_available")
     half = f"trainer.batch_size={GLOBAL_BATCH // 2}"
-    run(HALF_BATCH_LAUNCHES[strategy](*COMMON, EMA, half, f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
-    assert_same_weights(single_run_averaged, tmp_path / "run")
-    with pytest.raises(AssertionError, match="weights differ"):  # the average is not the raw weights
+    run(HALF_BATCH_LAUNCHES[strategy](*COMMON, *VARIANTS[variant], half, f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
+    assert_same_weights(single_variant_runs(variant), tmp_path / "run")
+    with pytest.raises(AssertionError, match="weights differ"):  # the option changed the model
         assert_same_weights(single_run, tmp_path / "run")
 
 

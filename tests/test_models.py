@@ -114,3 +114,14 @@ def test_max_mean_pooling_concatenates_max_and_mean_over_the_real_steps():
     empty = np.zeros((1, 12), "int32")
     # a row of padding max-pools to zeros, not -1e4 (Keras' masked mean gives NaN there: the evaluator masks it)
     np.testing.assert_array_equal(probe(empty)[1].numpy()[0, :8], 0.0)
+
+
+@pytest.mark.parametrize("name, pooling", [("lstm", "last"), ("bilstm", "max"), ("bilstm", "mean"),
+                                           ("bilstm", "max_mean"), ("stacked_lstm", "max"), ("attention_lstm", "attention")])
+def test_a_review_scores_the_same_however_much_padding_follows_it(name, pooling):
+    """trainer.batch_by_length cuts each batch to its longest row: padding must change nothing."""
+    model = build_classifier(model_cfg(name, pooling=pooling), vocab_size=30, num_classes=3)
+    tokens = np.random.default_rng(0).integers(1, 30, size=(3, 12)).astype("int32")
+    tokens[0, 5:], tokens[1, 7:], tokens[2, 3:] = 0, 0, 0  # the longest row has 7 tokens
+    full, cut = model(tokens).numpy(), model(tokens[:, :7]).numpy()
+    np.testing.assert_allclose(cut, full, rtol=0, atol=1e-6)

@@ -1,5 +1,6 @@
 """The vocabulary survives model.keras: tokens real reviews contain must not break
-loading; a language model's windows hold every token of every text, in order."""
+loading; a language model's windows hold every token of every text, in order;
+batches by length hold every example once, cut to their longest row, alike on every rank."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ import tensorflow as tf
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from sentiment_dist.data.pipeline import build_vocabulary, make_vectorizer, vectorize_windows
+from sentiment_dist.data.pipeline import (
+    SORTISH_CHUNK_BATCHES,
+    TokenizedSplit,
+    build_vocabulary,
+    evaluation_batches,
+    make_vectorizer,
+    sortish_order,
+    token_counts,
+    training_batches,
+    vectorize_windows,
+)
+from sentiment_dist.distribute import InputShard
 from sentiment_dist.models import build_classifier, inference_model
 
 # IMDB reviews hold \x85 (NEL, from Windows-1252 "...") and \u2028: Python reads
@@ -47,3 +59,51 @@ def test_windows_hold_every_token_of_each_text_in_order():
     for row, words in zip(rows, expected, strict=True):
         np.testing.assert_array_equal(row, [ids[w] for w in words] + [0] * (3 - len(words)))
     assert vectorize_windows(vocabulary, texts[1:2], 3).shape == (0, 3)
+
+
+def padded_split(n: int, longest: int, seed: int = 0) -> TokenizedSplit:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, longest + 1, n)
+    tokens = np.where(np.arange(longest)[None, :] < lengths[:, None], rng.integers(1, 50, (n, longest)), 0)
+    return TokenizedSplit(tokens.astype(np.int32), np.arange(n, dtype=np.int32), np.ones(n, np.float32))
+
+
+def test_sortish_order_holds_whole_batches_of_similar_lengths_in_a_new_order_each_epoch():
+    lengths = token_counts(padded_split(1000, 400).tokens)
+    global_batch = 8
+    order = sortish_order(lengths, global_batch, seed=1, epoch=0)
+    assert len(order) == 1000 and len(set(order)) == 1000  # 1000 = 125 whole batches: nothing dropped
+    spread = np.ptp(lengths[order].reshape(-1, global_batch), axis=1)
+    random_spread = np.ptp(lengths[np.random.default_rng(0).permutation(1000)].reshape(-1, global_batch), axis=1)
+    # 400 examples per sorted chunk: neighbours differ by about 1 token, random batches by ~300
+    assert global_batch * SORTISH_CHUNK_BATCHES == 400
+    assert np.mean(spread) < 0.1 * np.mean(random_spread)
+    np.testing.assert_array_equal(order, sortish_order(lengths, global_batch, seed=1, epoch=0))
+    assert not np.array_equal(order, sortish_order(lengths, global_batch, seed=1, epoch=1))
+    assert len(sortish_order(lengths[:1003], global_batch, seed=1, epoch=0)) == 1000  # the remainder is dropped
+
+
+def collect(dataset) -> list[tuple[np.ndarray, ...]]:
+    return [tuple(column.numpy() for column in batch) for batch in dataset]
+
+
+def test_length_batches_are_cut_to_their_longest_row_and_split_alike_over_ranks():
+    split = padded_split(96, 30)
+    whole = collect(training_batches(split, 16, seed=3, epoch=2, shard=InputShard(0, 1, 1), by_length=True))
+    assert sorted(np.concatenate([labels for _, labels, _ in whole])) == list(range(96))
+    for tokens, labels, _ in whole:
+        np.testing.assert_array_equal(tokens, split.tokens[labels][:, : tokens.shape[1]])  # the rows, in full
+        assert tokens.shape[1] == token_counts(split.tokens[labels]).max()  # cut to the longest
+    # two processes (Horovod, multi-worker) each take half of every global batch, at its length
+    halves = [collect(training_batches(split, 16, 3, 2, InputShard(rank, 2, 2), by_length=True)) for rank in (0, 1)]
+    for (tokens, labels, _), first, second in zip(whole, *halves, strict=True):
+        np.testing.assert_array_equal(np.concatenate([first[0], second[0]]), tokens)
+        np.testing.assert_array_equal(np.concatenate([first[1], second[1]]), labels)
+
+
+def test_length_evaluation_batches_hold_every_example_once():
+    split = padded_split(50, 30, seed=1)
+    batches = collect(evaluation_batches(split, 16, InputShard(0, 1, 1), by_length=True))
+    real = np.concatenate([labels[weights > 0] for _, labels, weights in batches])
+    assert sorted(real) == list(range(50)) and sum(len(labels) for _, labels, _ in batches) == 64
+    assert [tokens.shape[1] for tokens, _, _ in batches] == sorted((t.shape[1] for t, _, _ in batches), reverse=True)

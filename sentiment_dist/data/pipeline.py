@@ -167,15 +167,56 @@ def steps_per_epoch(split: TokenizedSplit, global_batch: int) -> int:
     return len(split) // global_batch
 
 
+# trainer.batch_by_length sorts this many global batches at a time by length (ULMFiT's
+# "sortish" sampler): batches of similar lengths, in an order still random enough to train on.
+SORTISH_CHUNK_BATCHES = 50
+
+
+def token_counts(tokens: np.ndarray) -> np.ndarray:
+    """Real tokens per row (rows are right-padded with id 0, which no token has)."""
+    return np.count_nonzero(tokens, axis=1)
+
+
+def sortish_order(lengths: np.ndarray, global_batch: int, seed: int, epoch: int) -> np.ndarray:
+    """Every example but the remainder once, in whole global batches of similar lengths.
+
+    A seeded permutation is cut into chunks of SORTISH_CHUNK_BATCHES global batches, each chunk
+    sorted longest first and cut into batches, and the batches shuffled: the same order on
+    every rank, for any number of replicas."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    chunk = np.arange(len(order)) // (global_batch * SORTISH_CHUNK_BATCHES)
+    order = order[np.lexsort((-lengths[order], chunk))]
+    batches = order[: len(order) // global_batch * global_batch].reshape(-1, global_batch)
+    return batches[rng.permutation(len(batches))].ravel()
+
+
+def _trim_padding(tokens, *columns):
+    """Cut a global batch to its longest row (before it is split over replicas, so every replica
+    gets the same length): the LSTM then runs no step that is padding in every row."""
+    longest = tf.maximum(tf.reduce_max(tf.math.count_nonzero(tokens, axis=1, dtype=tf.int32)), 1)
+    return (tokens[:, :longest], *columns)
+
+
 def training_batches(
-    split: TokenizedSplit, global_batch: int, seed: int, epoch: int, shard: InputShard
+    split: TokenizedSplit, global_batch: int, seed: int, epoch: int, shard: InputShard, by_length: bool = False
 ) -> tf.data.Dataset:
-    """One epoch of shuffled global batches (the remainder is dropped: fixed shapes)."""
+    """One epoch of shuffled global batches (the remainder is dropped: whole batches).
+
+    `by_length`: batches of similar lengths (`sortish_order`), each cut to its longest row."""
     if len(split) < global_batch:
         raise UserError(
             f"the training split has {len(split)} examples, fewer than one global batch of "
             f"{global_batch}; lower trainer.batch_size or use more data."
         )
+    if by_length:
+        order = sortish_order(token_counts(split.tokens), global_batch, seed, epoch)
+        dataset = (
+            tf.data.Dataset.from_tensor_slices((split.tokens[order], split.labels[order], split.weights[order]))
+            .batch(global_batch, drop_remainder=True)
+            .map(_trim_padding, num_parallel_calls=AUTOTUNE)
+        )
+        return _shard(dataset, global_batch, shard)
     dataset = (
         tf.data.Dataset.from_tensor_slices((split.tokens, split.labels, split.weights))
         .shuffle(len(split), seed=seed + epoch, reshuffle_each_iteration=False)
@@ -184,11 +225,22 @@ def training_batches(
     return _shard(dataset, global_batch, shard)
 
 
-def evaluation_batches(split: TokenizedSplit, global_batch: int, shard: InputShard) -> tf.data.Dataset:
-    """All examples in order, padded with weight-0 rows to whole global batches."""
+def evaluation_batches(
+    split: TokenizedSplit, global_batch: int, shard: InputShard, by_length: bool = False
+) -> tf.data.Dataset:
+    """All examples, padded with weight-0 rows to whole global batches.
+
+    In order; `by_length`: longest first, each batch cut to its longest row (the evaluators
+    only sum over examples, so the order does not change what they report)."""
+    tokens, labels = split.tokens, split.labels
+    if by_length:
+        order = np.argsort(-token_counts(tokens), kind="stable")
+        tokens, labels = tokens[order], labels[order]
     padding = (-len(split)) % global_batch
-    tokens = np.concatenate([split.tokens, np.zeros((padding, split.tokens.shape[1]), np.int32)])
-    labels = np.concatenate([split.labels, np.zeros(padding, np.int32)])
+    tokens = np.concatenate([tokens, np.zeros((padding, split.tokens.shape[1]), np.int32)])
+    labels = np.concatenate([labels, np.zeros(padding, np.int32)])
     weights = np.concatenate([np.ones(len(split), np.float32), np.zeros(padding, np.float32)])
     dataset = tf.data.Dataset.from_tensor_slices((tokens, labels, weights)).batch(global_batch)
+    if by_length:
+        dataset = dataset.map(_trim_padding, num_parallel_calls=AUTOTUNE)
     return _shard(dataset, global_batch, shard)

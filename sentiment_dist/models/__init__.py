@@ -166,12 +166,15 @@ ENCODERS: dict[str, Callable[[DictConfig, keras.KerasTensor], keras.KerasTensor]
 
 
 def build_classifier(cfg: DictConfig, vocab_size: int, num_classes: int) -> keras.Model:
-    """Token ids `[batch, sequence_length]` -> class probabilities."""
+    """Token ids `[batch, length]` (at most model.sequence_length, right-padded) -> class probabilities.
+
+    Any length: with trainer.batch_by_length a batch is cut to its longest review, and
+    padding is masked, so a review scores the same however much padding follows it."""
     if cfg.name not in ENCODERS:
         raise UserError(f"model={cfg.name!r} is unknown; use one of {', '.join(ENCODERS)}.")
     if num_classes < 2:
         raise UserError("the data has fewer than 2 classes; a classifier needs at least two.")
-    tokens = keras.Input(shape=(cfg.sequence_length,), dtype="int32", name="tokens")
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     x = embed(cfg, tokens, vocab_size)
     x = ENCODERS[cfg.name](cfg, x)
     if cfg.dropout > 0:
