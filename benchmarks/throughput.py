@@ -3,8 +3,8 @@
 Same model, same data, same *global* batch everywhere (per-replica batch =
 global / replicas), each strategy through the real CLI in a subprocess:
 single, mirrored over 2 logical CPUs, multiworker (2 workers, launch/multiworker.py),
-horovod (`horovodrun -np 2 --gloo`), and single with `model.recurrent_dropout=0.2`
-(Keras' non-fused LSTM). Steady state = mean `examples_per_second` of the
+horovod (`horovodrun -np 2 --gloo`), single with `model.recurrent_dropout=0.2`
+(Keras' non-fused LSTM), and single with `trainer.batch_by_length=true`. Steady state = mean `examples_per_second` of the
 epochs after the first (the first includes tf.function tracing).
 
 In this process, on the same tokenized data: (i) the input pipeline alone
@@ -23,6 +23,8 @@ measurement would be of oversubscription, not of the strategy.
     python benchmarks/throughput.py                                     # full (synthetic data)
     python benchmarks/throughput.py --imdb                              # the IMDB CSV instead
     python benchmarks/throughput.py --num-train 512 --epochs 2 --sequence-length 64   # smoke
+    python benchmarks/throughput.py --imdb --max-rows 10000 --sequence-length 800 --epochs 2 \
+        --skip mirrored,multiworker,horovod,unfused,pipeline,overhead     # padding: fixed vs by length
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 
 from imdb_data import RUNS_DIR, imdb_csv, run_cli, save_bar_chart, usable_cores, write_results
 
-STEPS = ("single", "mirrored", "multiworker", "horovod", "unfused", "pipeline", "overhead")
+STEPS = ("single", "mirrored", "multiworker", "horovod", "unfused", "by_length", "pipeline", "overhead")
 
 
 def thread_env(processes: int, cores: int) -> dict[str, str]:
@@ -83,6 +85,7 @@ def strategy_runs(args, skip: set[str]) -> list[dict]:
         ("horovod", 2, 2, [str(Path(sys.executable).parent / "horovodrun"), "-np", "2", "-H", "localhost:2",
                            "--gloo", *train], ["strategy=horovod"]),
         ("unfused", 1, 1, train, ["strategy=single", "model.recurrent_dropout=0.2"]),
+        ("by_length", 1, 1, train, ["strategy=single", "trainer.batch_by_length=true"]),
     ]
     rows = []
     for label, processes, replicas, prefix, extra in configs:
@@ -235,7 +238,8 @@ def main() -> None:
         f"Data: {data}; model={args.model}, sequence length {args.sequence_length}"
         + (f", vocabulary {inproc['vocabulary_size']}" if inproc else "") + f"; {args.epochs} epochs per run.",
         "examples/s: steady state, the mean over the epochs after the first (which includes tracing); "
-        "validation is not timed. `unfused` is single with model.recurrent_dropout=0.2 (no fused LSTM kernel).",
+        "validation is not timed. `unfused` is single with model.recurrent_dropout=0.2 (no fused LSTM kernel); "
+        "`by_length` is single with trainer.batch_by_length=true (sortish batches cut to their longest row).",
         f"Threads: TF_NUM_INTRAOP_THREADS/TF_NUM_INTEROP_THREADS per process = {args.cores} cores / processes, "
         "so every configuration uses the machine's cores once (see the script's docstring).",
         "Trainer vs model.fit: same process, same tokens, seed, model, Adam rate and global-norm clipping, "
