@@ -21,6 +21,12 @@ from sentiment_dist.io import atomic_write
 log = logging.getLogger(__name__)
 
 
+def monitor_mode(monitor: str) -> str:
+    """Whether a logged metric is better higher (accuracy, F1) or lower (loss, perplexity).
+    Keras' own "auto" mode refuses `val_accuracy`, so every callback here is told."""
+    return "max" if "acc" in monitor or "f1" in monitor else "min"
+
+
 class BestWeights(keras.callbacks.Callback):
     """Keep the best epoch's weights (by `monitor`) and restore them at the end.
 
@@ -32,7 +38,7 @@ class BestWeights(keras.callbacks.Callback):
     def __init__(self, monitor: str, path: str, write: bool):
         super().__init__()
         self.monitor, self.path, self.write = monitor, path, write
-        self.mode = "max" if "acc" in monitor or "f1" in monitor else "min"
+        self.mode = monitor_mode(monitor)
         self.best = -math.inf if self.mode == "max" else math.inf
         self.best_weights = None
 
@@ -120,6 +126,7 @@ def make_callbacks(
         callbacks.append(
             ReduceLROnPlateau(
                 monitor=cfg.lr_on_plateau.monitor,
+                mode=monitor_mode(cfg.lr_on_plateau.monitor),
                 factor=cfg.lr_on_plateau.factor,
                 patience=cfg.lr_on_plateau.patience,
                 min_lr=cfg.lr_on_plateau.min_lr,
@@ -129,6 +136,7 @@ def make_callbacks(
         callbacks.append(
             EarlyStopping(
                 monitor=cfg.early_stopping.monitor,
+                mode=monitor_mode(cfg.early_stopping.monitor),
                 patience=cfg.early_stopping.patience,
                 min_delta=cfg.early_stopping.min_delta,
             )

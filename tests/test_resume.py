@@ -139,3 +139,23 @@ def test_a_resumed_run_stops_and_lowers_the_rate_when_an_uninterrupted_one_does(
     assert [round(e["learning_rate"], 6) for e in uninterrupted[:-1]] == [0.01, 0.01, 0.01, 0.005, 0.0025]
     resumed = drive(uninterrupted[:3], rate=uninterrupted[3]["learning_rate"])
     assert resumed == uninterrupted
+
+
+@pytest.mark.parametrize("monitor", ["val_accuracy", "val_macro_f1"])
+def test_stopping_and_lowering_the_rate_on_a_metric_to_maximise(tmp_path, monitor):
+    """Keras' "auto" mode refuses val_accuracy; higher must count as better."""
+    from sentiment_dist.callbacks import make_callbacks
+
+    cfg = OmegaConf.load(f"{CONFIG_DIR}/trainer/default.yaml")
+    cfg.merge_with({"early_stopping": {"monitor": monitor, "patience": 1},
+                    "lr_on_plateau": {"monitor": monitor, "patience": 1}, "learning_rate": 0.01})
+    model = build_classifier(model_cfg(), vocab_size=20, num_classes=2)
+    trainer = Trainer(Distribution(OmegaConf.create({"name": "single"})), model, 2, cfg, seed=0)
+    callbacks = make_callbacks(cfg, 0.01, 0.01, 1, str(tmp_path / "best.weights.h5"), is_chief=False)
+    callback_list = keras.callbacks.CallbackList(callbacks, model=model)
+    callback_list.on_train_begin()
+    for epoch, value in enumerate([0.80, 0.85, 0.84]):  # rises, then falls once: patience 1 is used up
+        assert not model.stop_training
+        callback_list.on_epoch_end(epoch, {monitor: value, "val_loss": 0.5, "learning_rate": trainer.optimizer.learning_rate})
+    assert model.stop_training
+    assert trainer.optimizer.learning_rate == pytest.approx(0.005)  # lowered once, after the fall
