@@ -83,7 +83,33 @@ def load_predictor(path: str, batch_size: int):
     from sentiment_dist.runs import load_run
 
     run = load_run(path)
-    return batched(lambda texts: run.model(tf.constant(texts)[:, None], training=False).numpy()), run.label_names
+    if run.classifier.input_shape[1] is not None:  # saved before classifiers took any length
+        return batched(lambda texts: run.model(tf.constant(texts)[:, None], training=False).numpy()), run.label_names
+    return _by_length(run, batch_size), run.label_names
+
+
+def _by_length(run, batch_size: int):
+    """texts -> probabilities, as `run.model` scores them, in batches of similar lengths cut to
+    their longest text: at 800 tokens most of each padded row is padding, which is masked anyway."""
+    import numpy as np
+    import tensorflow as tf
+
+    from sentiment_dist.data.pipeline import token_counts, vectorize
+
+    score = tf.function(lambda tokens: run.classifier(tokens, training=False), reduce_retracing=True)
+
+    def predict(texts: list[str]):
+        tokens = vectorize(run.vectorizer, np.asarray(texts, dtype=object))
+        lengths = token_counts(tokens)
+        order = np.argsort(-lengths, kind="stable")
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        scored = [score(tokens[rows, : max(int(lengths[rows[0]]), 1)]).numpy() for rows in batches]
+        probabilities = np.empty((len(texts), run.classifier.output_shape[-1]), np.float32)
+        for rows, values in zip(batches, scored, strict=True):
+            probabilities[rows] = values
+        return probabilities
+
+    return predict
 
 
 @exit_on_user_error

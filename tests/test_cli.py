@@ -69,6 +69,20 @@ def test_predict_from_arguments_file_and_stdin(trained, tmp_path):
     assert from_args == from_file == from_stdin
 
 
+def test_predicting_in_batches_by_length_gives_what_the_saved_model_gives(trained):
+    """Reviews are scored longest first in batches cut to their longest one, and come back in order."""
+    import numpy as np
+    import tensorflow as tf
+
+    from sentiment_dist.predict import load_predictor
+    from sentiment_dist.runs import load_run
+
+    texts = [" ".join([SAMPLE[i % 3]] * (1 + i % 7)) for i in range(37)]  # 7 to 70 words, mixed
+    predict, _ = load_predictor(str(trained), batch_size=8)
+    expected = load_run(str(trained)).model(tf.constant(texts)[:, None], training=False).numpy()
+    np.testing.assert_allclose(predict(texts), expected, rtol=0, atol=1e-5)
+
+
 def test_export_savedmodel_and_tflite_give_the_same_labels(trained, tmp_path):
     out = tmp_path / "export"
     run(module("export", str(trained), "--out", str(out), "--tflite"), cwd=tmp_path)
