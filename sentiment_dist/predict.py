@@ -94,19 +94,18 @@ def _by_length(run, batch_size: int):
     import numpy as np
     import tensorflow as tf
 
-    from sentiment_dist.data.pipeline import token_counts, vectorize
+    from sentiment_dist.data.pipeline import longest_first, token_counts, vectorize
 
     score = tf.function(lambda tokens: run.classifier(tokens, training=False), reduce_retracing=True)
 
     def predict(texts: list[str]):
         tokens = vectorize(run.vectorizer, np.asarray(texts, dtype=object))
-        lengths = token_counts(tokens)
-        order = np.argsort(-lengths, kind="stable")
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        scored = [score(tokens[rows, : max(int(lengths[rows[0]]), 1)]).numpy() for rows in batches]
+        order = longest_first(tokens)
         probabilities = np.empty((len(texts), run.classifier.output_shape[-1]), np.float32)
-        for rows, values in zip(batches, scored, strict=True):
-            probabilities[rows] = values
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]  # its first row is its longest
+            longest = max(int(token_counts(tokens[rows[:1]])[0]), 1)
+            probabilities[rows] = score(tokens[rows, :longest]).numpy()
         return probabilities
 
     return predict

@@ -177,6 +177,12 @@ def token_counts(tokens: np.ndarray) -> np.ndarray:
     return np.count_nonzero(tokens, axis=1)
 
 
+def longest_first(tokens: np.ndarray) -> np.ndarray:
+    """Row order by real tokens, longest first (stable): batches taken in this order can be cut
+    to their first row's length."""
+    return np.argsort(-token_counts(tokens), kind="stable")
+
+
 def sortish_order(lengths: np.ndarray, global_batch: int, seed: int, epoch: int) -> np.ndarray:
     """Every example but the remainder once, in whole global batches of similar lengths.
 
@@ -234,7 +240,7 @@ def evaluation_batches(
     only sum over examples, so the order does not change what they report)."""
     tokens, labels = split.tokens, split.labels
     if by_length:
-        order = np.argsort(-token_counts(tokens), kind="stable")
+        order = longest_first(tokens)
         tokens, labels = tokens[order], labels[order]
     padding = (-len(split)) % global_batch
     tokens = np.concatenate([tokens, np.zeros((padding, split.tokens.shape[1]), np.int32)])
