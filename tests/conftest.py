@@ -69,3 +69,27 @@ def horovod_available() -> bool:
     """Horovod is part of set-up (make test builds it); its absence is a failure, not a skip."""
     assert shutil.which("horovodrun", path=str(BIN)), "horovodrun missing: run `make setup` (launch/build_horovod.sh)"
     return True
+
+
+def composed(task: str = "train", *overrides: str):
+    """The config `python -m sentiment_dist.<task> <overrides>` would run with (schema-checked)."""
+    from hydra import compose, initialize_config_dir
+
+    from sentiment_dist.config import schema
+    from sentiment_dist.config.hydra_task import CONFIG_DIR, register_resolvers
+
+    schema.register()
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=task, overrides=list(overrides))
+
+
+def tiny_model(**overrides):
+    """A small BiLSTM config (or `name=...` another family) for unit tests."""
+    values = {"sequence_length": 10, "embedding_dim": 6, "units": 4, "dropout": 0.0, **overrides}
+    name = values.pop("name", "bilstm")
+    return composed("train", f"model={name}", *(f"model.{k}={v}" for k, v in values.items())).model
+
+
+def tiny_trainer(**overrides):
+    return composed("train", *(f"trainer.{k}={'null' if v is None else v}" for k, v in overrides.items())).trainer

@@ -14,7 +14,7 @@ from conftest import module, run
 from test_data_files import config
 
 from sentiment_dist.data import load_dataset
-from sentiment_dist.errors import UserError
+from sentiment_dist.runtime.errors import UserError
 
 LINES = [f"unlabelled review number {i} about a kettle" for i in range(100)]
 

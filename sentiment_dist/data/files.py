@@ -11,9 +11,11 @@ pandas: the IMDB CSV alone has 50k rows.
 from __future__ import annotations
 
 import bz2
+import csv
 import gzip
 import lzma
 import os
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -21,7 +23,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.data.types import LabeledData, Split
-from sentiment_dist.errors import UserError
+from sentiment_dist.runtime.errors import UserError
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
@@ -70,12 +72,9 @@ def load_files(cfg: DictConfig | dict, clean_text: Callable[[pd.Series], pd.Seri
 
 
 def split_settings(split_cfg: dict) -> dict:
-    """Validated `dataset.split` values: both fractions of the rows they are carved from."""
+    """`dataset.split` with its defaults; each fraction's range is the schema's, their sum is checked here."""
     settings = {"validation_fraction": split_cfg.get("validation_fraction", 0.1),
                 "test_fraction": split_cfg.get("test_fraction", 0.2), "seed": split_cfg.get("seed", 42)}
-    for name in ("validation_fraction", "test_fraction"):
-        if not isinstance(settings[name], int | float) or not 0 <= settings[name] < 1:
-            raise UserError(f"dataset.split.{name}={settings[name]!r} must be a number in [0, 1).")
     if settings["validation_fraction"] + settings["test_fraction"] >= 1:
         raise UserError("dataset.split.validation_fraction + test_fraction must be below 1 to leave training rows.")
     return settings
@@ -156,8 +155,7 @@ def read_table(path: str, key: str, fmt: str | None, encoding: str) -> pd.DataFr
             return pd.read_parquet(path)
         if fmt == "jsonl":
             return pd.read_json(path, lines=True, dtype=False, convert_dates=False, encoding=encoding)
-        return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False,
-                           encoding=encoding)
+        return _read_delimited(path, key, "\t" if fmt == "tsv" else ",", encoding)
     except UnicodeDecodeError as err:
         raise _decode_error(path, key, encoding, err) from None
     except LookupError:
@@ -166,6 +164,37 @@ def read_table(path: str, key: str, fmt: str | None, encoding: str) -> pd.DataFr
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"dataset.{key}={path} cannot be read as {fmt} ({reason}); fix the file or set "
                         "dataset.format.") from None
+
+
+def _read_delimited(path: str, key: str, separator: str, encoding: str) -> pd.DataFrame:
+    """A CSV / TSV whose every row has the header's fields, or one sentence naming the first row that has more.
+
+    pandas refuses a row longer than the first data row ("Expected 2 fields in line 3"), but when
+    the first data row itself is longer than the header it silently makes the extra leading field
+    the index, and every column shifts by one (the label column then holds the text)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)  # what pandas says instead, with index_col=False
+        try:
+            return pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, encoding=encoding, index_col=False)
+        except (pd.errors.ParserWarning, pd.errors.ParserError) as err:
+            line, fields, header = _first_long_row(path, separator, encoding)
+            if line is None:
+                raise ValueError(str(err)) from None
+    raise UserError(f"dataset.{key}={path} line {line} has {fields} fields but the header has {len(header)} "
+                    f"({', '.join(header)}); quote fields that hold a '{separator}' or fix that row.")
+
+
+def _first_long_row(path: str, separator: str, encoding: str) -> tuple[int | None, int, list[str]]:
+    """(line number, field count, header) of the first row with more fields than the header;
+    read only when pandas has found one, so the common path stays vectorised."""
+    opener = OPENERS.get(os.path.splitext(path)[1], open)
+    with opener(path, "rt", encoding=encoding, newline="") as handle:
+        reader = csv.reader(handle, delimiter=separator)
+        header = next(reader, [])
+        for row in reader:
+            if len(row) > len(header):
+                return reader.line_num, len(row), header
+    return None, 0, header
 
 
 def _decode_error(path: str, key: str, encoding: str, err: UnicodeDecodeError) -> UserError:
@@ -222,9 +251,7 @@ def _strings(column: pd.Series) -> pd.Series:
 def _map_labels(labels: pd.Series, mapping: dict, column: str, stats: dict[str, int]) -> tuple[list[str], pd.Series]:
     """Class names and a float code per row, NaN for rows to drop (counted) or an error for unknown labels."""
     kind, classes = mapping.get("type", "names"), mapping.get("classes")
-    if kind == "names":
-        names, codes = _map_names(labels, classes)
-    elif kind == "integers":
+    if kind == "integers":
         numbers = _numbers(labels, kind, column)
         if (numbers % 1 != 0).any():
             raise UserError(f"dataset.label_mapping.type=integers but column {column!r} holds "
@@ -237,7 +264,7 @@ def _map_labels(labels: pd.Series, mapping: dict, column: str, stats: dict[str, 
         stats["dropped_unmapped_rating"] += int(codes.isna().sum())
         return names, codes
     else:
-        raise UserError(f"dataset.label_mapping.type={kind!r} is not known; use names, integers or ratings.")
+        names, codes = _map_names(labels, classes)
     unknown = codes.isna()
     if unknown.any() and not mapping.get("drop_unknown", False):
         raise UserError(f"column {column!r} has labels outside the mapping: {_examples(labels[unknown])}; list "

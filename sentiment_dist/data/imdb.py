@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.data.files import assemble, load_files, sample_rows, split_settings
 from sentiment_dist.data.types import LabeledData
-from sentiment_dist.errors import UserError
+from sentiment_dist.runtime.errors import UserError
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"

@@ -5,25 +5,22 @@ Texts are vectorised by a Keras `TextVectorization` layer inside `tf.data`
 are the cache every epoch reads. Each epoch then shuffles with its own seed
 (`seed + epoch`, so a resumed run sees the order it would have seen), cuts
 *global* batches, and each input pipeline keeps its slice of every global
-batch (see `sentiment_dist.distribute`). Evaluation pads the last global
+batch (see `sentiment_dist.runtime.distribute`). Evaluation pads the last global
 batch with zero-weight examples so every replica gets full batches and every
 real example is counted exactly once.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from sentiment_dist.distribute import InputShard
-from sentiment_dist.errors import UserError
-from sentiment_dist.io import atomic_write_text
+from sentiment_dist.runtime.distribute import InputShard
+from sentiment_dist.runtime.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
-VOCABULARY_FILE = "vocabulary.txt"
 _VECTORIZE_BATCH = 4096
 
 
@@ -87,23 +84,6 @@ def extend_vocabulary(source: list[str], target_texts: np.ndarray, max_new_token
     return list(source) + new
 
 
-def save_vocabulary(vocabulary: list[str], directory: str) -> str:
-    path = os.path.join(directory, VOCABULARY_FILE)
-    atomic_write_text(path, "\n".join(vocabulary) + "\n")
-    return path
-
-
-def load_vocabulary(directory: str) -> list[str]:
-    path = os.path.join(directory, VOCABULARY_FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"{path} is missing; point at a complete run directory.")
-    with open(path, encoding="utf-8") as handle:
-        vocabulary = handle.read().split("\n")[:-1]
-    if len(vocabulary) < 3 or vocabulary[:2] != ["", "[UNK]"]:
-        raise UserError(f"{path} is not a vocabulary written by sentiment-dist; retrain the run.")
-    return vocabulary
-
-
 def vectorized_batches(vectorizer, texts: np.ndarray) -> tf.data.Dataset:
     """`texts` through `vectorizer` by TF in large batches, in order."""
     return (
@@ -149,6 +129,25 @@ def tokenize_split(vectorizer, texts: np.ndarray, labels: np.ndarray, weights: n
     return TokenizedSplit(vectorize(vectorizer, texts), labels.astype(np.int32), weights)
 
 
+def unlabeled_split(vocabulary: list[str], texts: np.ndarray, sequence_length: int, whole_texts: bool) -> TokenizedSplit:
+    """Rows of token ids for a language model (labels unused, weight 1).
+
+    `whole_texts`: every token, each text cut into consecutive windows of
+    `sequence_length`; otherwise each text's first `sequence_length` tokens."""
+    if whole_texts:
+        tokens = vectorize_windows(vocabulary, texts, sequence_length)
+    else:
+        tokens = vectorize(make_vectorizer(sequence_length, vocabulary), texts)
+    return TokenizedSplit(tokens, np.zeros(len(tokens), np.int32), np.ones(len(tokens), np.float32))
+
+
+def held_out_sample(texts: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """At most `limit` of `texts`, a seeded sample in their original order (all of them for None)."""
+    if limit is None or len(texts) <= limit:
+        return texts
+    return texts[np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))]
+
+
 def _shard(dataset: tf.data.Dataset, global_batch: int, shard: InputShard) -> tf.data.Dataset:
     """Keep this pipeline's slice of each global batch, in per-replica batches."""
     per_pipeline = global_batch // shard.num_pipelines
@@ -161,10 +160,6 @@ def _shard(dataset: tf.data.Dataset, global_batch: int, shard: InputShard) -> tf
     if shard.replicas_per_pipeline > 1:
         dataset = dataset.rebatch(global_batch // shard.num_replicas, drop_remainder=True)
     return dataset.prefetch(AUTOTUNE)
-
-
-def steps_per_epoch(split: TokenizedSplit, global_batch: int) -> int:
-    return len(split) // global_batch
 
 
 # trainer.batch_by_length sorts this many global batches at a time by length (ULMFiT's

@@ -29,7 +29,6 @@ import numpy as np
 from omegaconf import DictConfig
 
 from sentiment_dist.data.types import LabeledData, Split
-from sentiment_dist.errors import UserError
 
 DOMAINS = ("movies", "ecommerce")
 LABEL_NAMES: dict[int, list[str]] = {
@@ -175,17 +174,6 @@ def _render(parts: dict[str, np.ndarray], domain: str) -> np.ndarray:
     return np.array(texts, dtype=object)
 
 
-def _check(domain: str, num_classes: int) -> None:
-    if domain not in DOMAINS:
-        raise UserError(
-            f"dataset.domain={domain!r} is not a synthetic domain; use one of {', '.join(DOMAINS)}."
-        )
-    if num_classes not in LABEL_NAMES:
-        raise UserError(
-            f"dataset.num_classes={num_classes!r} is not supported by the synthetic source; use 2, 3 or 5."
-        )
-
-
 def _rng(domain: str, seed: int, num_classes: int) -> np.random.Generator:
     """One stream per (domain, classes, seed), so domains are not word-swapped copies of each other."""
     return np.random.default_rng([seed, DOMAINS.index(domain), num_classes])
@@ -197,7 +185,6 @@ def generate(domain: str, num_examples: int, num_classes: int, seed: int) -> tup
     Draws reviews until every class has its quota, skipping those within
     `MARGIN` of a boundary; the kept ones stay in draw order, so classes interleave.
     """
-    _check(domain, num_classes)
     rng = _rng(domain, seed, num_classes)
     quota = num_examples // num_classes + (np.arange(num_classes) < num_examples % num_classes)
     drawn = [_sample(rng, 0)]  # an empty start, so that zero examples is no special case
@@ -218,28 +205,17 @@ def generate(domain: str, num_examples: int, num_classes: int, seed: int) -> tup
 
 def generate_unlabeled(domain: str, num_examples: int, seed: int) -> np.ndarray:
     """Reviews as drawn, unbalanced and unfiltered: text for language-model pretraining."""
-    _check(domain, 2)
     return _render(_sample(_rng(domain, seed, 0), num_examples), domain)
 
 
 def load_synthetic(cfg: DictConfig) -> LabeledData:
-    """Train / validation / test from seeds `seed`, `seed + 1`, `seed + 2`, so the splits differ."""
-    domain, num_classes, seed = cfg.get("domain"), cfg.get("num_classes"), cfg.get("seed")
-    _check(domain, num_classes)
-    if not isinstance(seed, int) or seed < 0:
-        raise UserError(
-            f"dataset.seed={seed!r} must be a non-negative integer; set one such as dataset.seed=1234."
-        )
-    sizes = {}
-    for split in ("train", "validation", "test"):
-        size = cfg.get(f"num_{split}")
-        if not isinstance(size, int) or size <= 0:
-            raise UserError(
-                f"dataset.num_{split}={size!r} must be a positive integer; set a size such as dataset.num_{split}=1000."
-            )
-        sizes[split] = min(size, cfg.get("max_rows") or size)
+    """Train / validation / test from seeds `seed`, `seed + 1`, `seed + 2`, so the splits differ.
+
+    `max_rows` caps every split (the values' ranges are the config schema's)."""
+    cap = cfg.get("max_rows")
+    sizes = {split: min(cfg[f"num_{split}"], cap or cfg[f"num_{split}"]) for split in ("train", "validation", "test")}
     splits = {
-        split: Split(*generate(domain, size, num_classes, seed + offset))
+        split: Split(*generate(cfg.domain, size, cfg.num_classes, cfg.seed + offset))
         for offset, (split, size) in enumerate(sizes.items())
     }
-    return LabeledData(**splits, label_names=list(LABEL_NAMES[num_classes]))
+    return LabeledData(**splits, label_names=list(LABEL_NAMES[cfg.num_classes]))

@@ -30,7 +30,7 @@ from sentiment_dist.data.files import (
     split_settings,
 )
 from sentiment_dist.data.types import LabeledData, Split
-from sentiment_dist.errors import UserError
+from sentiment_dist.runtime.errors import UserError
 
 
 def load_text(cfg: DictConfig | dict) -> LabeledData:
@@ -44,9 +44,10 @@ def load_text(cfg: DictConfig | dict) -> LabeledData:
     path = os.path.expanduser(str(path))
     texts = _read_texts(path, cfg)
     read = len(texts)
-    texts = sample_rows(texts.str.strip(), cfg.get("max_rows"), split["seed"])
-    kept = texts[texts.notna() & (texts != "")].to_numpy(dtype=object)
-    stats = {"rows_read": read, "dropped_empty_text": int(len(texts) - len(kept))}
+    texts = texts.str.strip()
+    present = texts[texts.notna() & (texts != "")]
+    stats = {"rows_read": read, "dropped_empty_text": int(len(texts) - len(present))}
+    kept = sample_rows(present, cfg.get("max_rows"), split["seed"]).to_numpy(dtype=object)  # at most max_rows texts
     order = np.random.default_rng(split["seed"]).permutation(len(kept))
     bounds = np.cumsum([round(len(kept) * split[f"{role}_fraction"]) for role in ("validation", "test")]).astype(int)
     validation, test, train = (np.sort(part) for part in np.split(order, bounds))

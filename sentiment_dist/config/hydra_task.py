@@ -1,0 +1,152 @@
+"""`hydra_task`: what makes a task function a command, and the run directory's lifecycle.
+
+Hydra composes the config from `conf/` against the schema
+(`sentiment_dist.config.schema`), which refuses unknown keys, wrong types and
+unknown choices in Hydra's own words; `check_ranges` then refuses values out
+of range. Only then does the task run. A `UserError` (the config, the
+environment or the data is wrong) becomes one line on stderr and exit code 2,
+never a traceback, and a run directory that a failed task leaves with nothing
+worth keeping (no checkpoint to resume from) is removed.
+
+Commands import the library inside their task function: TensorFlow takes
+seconds to import, and a config mistake is reported before that, in well
+under a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from sentiment_dist.config import schema
+from sentiment_dist.runtime.errors import EXIT_USER_ERROR, UserError
+from sentiment_dist.runtime.launch import is_launch_chief, launch_rank
+
+log = logging.getLogger(__name__)
+
+# conf/ sits beside the package in a checkout; an installed copy (Docker)
+# points at it with SENTIMENT_DIST_CONF.
+CONFIG_DIR = os.environ.get("SENTIMENT_DIST_CONF", str(Path(__file__).resolve().parent.parent.parent / "conf"))
+# What makes a failed run's dir worth keeping: a finished stage, or a checkpoint to resume from
+# (TensorFlow's state file). Anything else (Hydra's config and log, W&B's run, a history with no
+# checkpoint beside it) is removed with it.
+_KEEPSAKES = {"metrics.json", "checkpoint"}
+
+
+def fail(message: str) -> NoReturn:
+    """One sentence on stderr and exit code 2. SystemExit passes through Hydra's own handler,
+    which would print a traceback for any exception (even one raised in a resolver)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _scratch_dir() -> str:
+    return os.path.join(tempfile.gettempdir(), f"sentiment-dist-rank{launch_rank()}-{os.getpid()}")
+
+
+def _writable_run_dir(path: str) -> str:
+    """`path`, created; or one sentence when it cannot be (read-only disk, a file in the way)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-")
+        probe.close()
+    except OSError as err:
+        fail(f"cannot create the run directory {path} ({err.strerror or err}); set paths.log_dir (or hydra.run.dir) "
+             "to a writable directory.")
+    return path
+
+
+def register_resolvers() -> None:
+    """`sd_run_dir`: the given dir on the chief (created and checked), a scratch dir on other ranks;
+    `sd_chief_only`: the value on the chief, null elsewhere; `sd_chief_file`: the path on the chief,
+    the null device elsewhere (the log file)."""
+    if not OmegaConf.has_resolver("sd_run_dir"):
+        OmegaConf.register_new_resolver(
+            "sd_run_dir", lambda path: _writable_run_dir(path) if is_launch_chief() else _scratch_dir()
+        )
+        OmegaConf.register_new_resolver("sd_chief_only", lambda value: value if is_launch_chief() else None)
+        OmegaConf.register_new_resolver("sd_chief_file", lambda path: path if is_launch_chief() else os.devnull)
+
+
+def run_dir() -> str:
+    """This job's run directory (Hydra's output dir) on the chief."""
+    return HydraConfig.get().runtime.output_dir
+
+
+def _is_disposable(directory: str) -> bool:
+    """True when `directory` holds nothing to resume or read."""
+    if not os.path.isdir(directory):
+        return False
+    return not any(_KEEPSAKES & set(files) for _, _, files in os.walk(directory))
+
+
+def _remove_run_dir(directory: str) -> None:
+    """Remove `directory` and the parents it leaves empty (outputs/train/), up to the working directory."""
+    shutil.rmtree(directory, ignore_errors=True)
+    stop = Path.cwd().resolve()
+    parent = Path(directory).resolve().parent
+    while parent != stop and stop in parent.parents:
+        try:
+            parent.rmdir()  # only succeeds when empty
+        except OSError:
+            break
+        parent = parent.parent
+
+
+def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
+    """Turn `task(cfg)` into a console-script `main()` driven by Hydra."""
+
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], None]:
+        @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
+        def hydra_main(cfg: DictConfig) -> Any:
+            directory = run_dir()
+            # A launcher stopping this rank (a peer failed) sends SIGTERM:
+            # exit through the cleanup below instead of dying mid-way.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+            finished = False
+            try:
+                schema.check_ranges(cfg)
+                result = task(cfg)
+                finished = True
+                return result
+            except UserError as err:
+                fail(str(err))
+            finally:
+                if not is_launch_chief():
+                    # Only ever the scratch dir: with hydra.run.dir=... set by
+                    # hand, a worker's output dir is the chief's run dir.
+                    if directory == _scratch_dir():
+                        shutil.rmtree(directory, ignore_errors=True)
+                elif not finished and _is_disposable(directory):
+                    _remove_run_dir(directory)
+
+        @functools.wraps(task)
+        def main() -> None:
+            try:
+                launch_rank()  # a malformed launcher environment (TF_CONFIG) is refused before Hydra starts
+            except UserError as err:
+                fail(str(err))
+            schema.register()
+            register_resolvers()
+            hydra_main()
+
+        return main
+
+    return decorate
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The config as plain nested data, every interpolation resolved, choices as strings."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
