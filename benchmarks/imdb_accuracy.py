@@ -20,8 +20,10 @@ import argparse
 import sys
 import time
 
-from imdb_data import REPO, RUNS_DIR, imdb_csv, run_cli, write_results
+from imdb_data import RUNS_DIR, imdb_csv, run_cli, write_results
 from omegaconf import OmegaConf
+
+from sentiment_dist.config.schema import ImdbDataset
 
 MODELS = ("lstm", "bilstm", "stacked_lstm", "attention_lstm")
 
@@ -30,8 +32,7 @@ def load_split(csv: str, max_rows: int | None):
     """The split the LSTM runs see: `conf/dataset/imdb.yaml` with `path` (and `max_rows`) set."""
     from sentiment_dist.data import load_dataset
 
-    cfg = OmegaConf.load(REPO / "conf" / "dataset" / "imdb.yaml")
-    cfg.path, cfg.max_rows = str(csv), max_rows
+    cfg = OmegaConf.merge(OmegaConf.structured(ImdbDataset), {"name": "imdb", "path": str(csv), "max_rows": max_rows})
     return load_dataset(cfg)
 
 

@@ -125,19 +125,22 @@ def in_process(args, skip: set[str]) -> dict:
     import keras
     from hydra import compose, initialize_config_dir
 
-    from sentiment_dist.config import CONFIG_DIR, register_resolvers
+    from sentiment_dist.config import schema
+    from sentiment_dist.config.hydra_task import CONFIG_DIR, register_resolvers
     from sentiment_dist.data.pipeline import TokenizedSplit, training_batches
-    from sentiment_dist.distribute import InputShard, make_distribution
-    from sentiment_dist.models import build_classifier
-    from sentiment_dist.train import load_and_tokenize
-    from sentiment_dist.trainer import Trainer
+    from sentiment_dist.jobs.inputs import classifier_inputs
+    from sentiment_dist.models.classifier import build_classifier
+    from sentiment_dist.runtime.distribute import InputShard, make_distribution
+    from sentiment_dist.training.loop import Trainer
 
+    schema.register()
     register_resolvers()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[*overrides(args), "strategy=single", f"trainer.batch_size={args.batch_size}"])
     dist = make_distribution(cfg.strategy)
-    data, vocabulary, _, _ = load_and_tokenize(cfg, dist)
-    train, batch, classes, epochs = data.train, args.batch_size, len(data.label_names), args.epochs
+    inputs = classifier_inputs(cfg, dist)
+    vocabulary = inputs.vocabulary
+    train, batch, classes, epochs = inputs.splits.train, args.batch_size, len(inputs.label_names), args.epochs
     used = len(train) // batch * batch
     result = {"vocabulary_size": len(vocabulary), "train_examples": len(train), "examples_per_epoch": used,
               "threads": thread_env(1, args.cores)}
@@ -168,8 +171,8 @@ def in_process(args, skip: set[str]) -> dict:
         with dist.scope():
             model = build_classifier(cfg.model, len(vocabulary), classes)
         trainer = Trainer(dist, model, classes, cfg.trainer, cfg.seed)
-        small = TokenizedSplit(*(a[:batch] for a in (data.validation.tokens, data.validation.labels,
-                                                       data.validation.weights)))  # validation is not timed
+        small = TokenizedSplit(*(a[:batch] for a in (inputs.splits.validation.tokens, inputs.splits.validation.labels,
+                                                       inputs.splits.validation.weights)))  # validation is not timed
         history = trainer.fit(train, small, epochs, callbacks=[], verbose=False)
         return [epoch["examples_per_second"] for epoch in history.epochs]
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 
-from sentiment_dist.errors import UserError, exit_on_user_error
+from sentiment_dist.runtime.errors import UserError, exit_on_user_error
 
 SAVED_MODEL = "saved_model"
 TFLITE_FILES = {"float": "model.tflite", "dynamic_range": "model_dynamic_range.tflite"}
@@ -28,9 +28,9 @@ def export_run(run_dir: str, out: str, tflite: bool) -> dict[str, str]:
     import keras
     import tensorflow as tf
 
-    from sentiment_dist.runs import LABELS_FILE, load_run
+    from sentiment_dist.jobs.rundir import RunDir
 
-    run = load_run(run_dir)
+    run = RunDir(run_dir).load_classifier()
     model = run.model
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
@@ -55,7 +55,7 @@ def export_run(run_dir: str, out: str, tflite: bool) -> dict[str, str]:
                 with open(os.path.join(staging, name), "wb") as handle:
                     handle.write(converter.convert())
                 written[f"tflite_{kind}"] = os.path.join(out, name)
-        for name in (LABELS_FILE, "vocabulary.txt"):
+        for name in (RunDir.LABELS, RunDir.VOCABULARY):
             shutil.copy(os.path.join(run_dir, name), staging)
         if os.path.exists(out):
             shutil.rmtree(out)

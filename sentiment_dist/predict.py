@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from sentiment_dist.errors import UserError, exit_on_user_error
+from sentiment_dist.runtime.errors import UserError, exit_on_user_error
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
@@ -39,13 +39,12 @@ def label_rows(probabilities, label_names: list[str]) -> list[tuple[str, float]]
 
 
 def _read_labels(directory: str) -> list[str]:
-    import json
+    from sentiment_dist.jobs.rundir import RunDir
 
-    path = os.path.join(directory, "labels.json")
+    path = os.path.join(directory, RunDir.LABELS)
     if not os.path.isfile(path):
         raise UserError(f"{path} is missing; export the model with sentiment-export.")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)["label_names"]
+    return RunDir(directory).read_labels()
 
 
 def load_predictor(path: str, batch_size: int):
@@ -62,14 +61,15 @@ def load_predictor(path: str, batch_size: int):
     if path.endswith(".tflite"):
         if not os.path.isfile(path):
             raise UserError(f"{path} does not exist; write it with sentiment-export RUN_DIR --tflite.")
-        from sentiment_dist.data.pipeline import load_vocabulary, make_vectorizer
+        from sentiment_dist.data.pipeline import make_vectorizer
+        from sentiment_dist.jobs.rundir import RunDir
 
         directory = os.path.dirname(os.path.abspath(path))
         interpreter = tf.lite.Interpreter(model_path=path)
         runner = interpreter.get_signature_runner()
         (input_name,) = runner.get_input_details()
         length = int(runner.get_input_details()[input_name]["shape"][1])
-        vectorizer = make_vectorizer(length, load_vocabulary(directory))
+        vectorizer = make_vectorizer(length, RunDir(directory).read_vocabulary())
 
         def predict_tflite(texts):  # the TFLite model takes one row of token ids
             tokens = vectorizer(tf.constant(texts)).numpy().astype(np.int32)
@@ -80,9 +80,9 @@ def load_predictor(path: str, batch_size: int):
         serve = tf.saved_model.load(path).signatures["serving_default"]
         directory = os.path.dirname(os.path.abspath(path))
         return batched(lambda texts: serve(text=tf.constant(texts))["probabilities"].numpy()), _read_labels(directory)
-    from sentiment_dist.runs import load_run
+    from sentiment_dist.jobs.rundir import RunDir
 
-    run = load_run(path)
+    run = RunDir(path).load_classifier()
     if run.classifier.input_shape[1] is not None:  # saved before classifiers took any length
         return batched(lambda texts: run.model(tf.constant(texts)[:, None], training=False).numpy()), run.label_names
     return _by_length(run, batch_size), run.label_names

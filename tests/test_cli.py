@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import PYTHON, TINY, cli_env, module, only_run_dir, read_json, run
 
@@ -16,7 +17,7 @@ SAMPLE = ["the acting was not good at all", "boring at first, but the ending was
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    result = run(module("train", *TINY, "trainer.epochs=4", "dataset.num_train=2048"), cwd=out)
+    result = run(module("train", *TINY, "trainer.epochs=4", "dataset.max_rows=2048"), cwd=out)
     run_dir = only_run_dir(out / "outputs")
     assert f"Run directory: {run_dir}" in result.stdout
     return run_dir
@@ -27,15 +28,15 @@ def test_train_writes_a_complete_run_dir(trained):
         assert (trained / name).is_file(), name
     metrics = read_json(trained / "metrics.json")
     test = metrics["test"]
-    assert test["examples"] == 256 and set(test["per_class"]) == {"negative", "positive"}
-    assert sum(sum(row) for row in test["confusion_matrix"]) == 256
+    assert test["examples"] == 1000 and set(test["per_class"]) == {"negative", "positive"}
+    assert sum(sum(row) for row in test["confusion_matrix"]) == 1000
     assert 0 <= test["macro_f1"] <= 1 and test["accuracy"] > 0.75  # well above chance (0.5)
     assert read_json(trained / "history.json")["epoch"][-1] >= 1
     assert not list(trained.rglob(".tmp-*"))
 
 
 def test_same_seed_same_config_same_metrics(trained, tmp_path):
-    run(module("train", *TINY, "trainer.epochs=4", "dataset.num_train=2048", f"hydra.run.dir={tmp_path}/again"), cwd=tmp_path)
+    run(module("train", *TINY, "trainer.epochs=4", "dataset.max_rows=2048", f"hydra.run.dir={tmp_path}/again"), cwd=tmp_path)
     first, second = read_json(trained / "metrics.json")["test"], read_json(tmp_path / "again" / "metrics.json")["test"]
     assert first["confusion_matrix"] == second["confusion_matrix"]
     assert first["loss"] == pytest.approx(second["loss"], abs=1e-6)
@@ -74,12 +75,12 @@ def test_predicting_in_batches_by_length_gives_what_the_saved_model_gives(traine
     import numpy as np
     import tensorflow as tf
 
+    from sentiment_dist.jobs.rundir import RunDir
     from sentiment_dist.predict import load_predictor
-    from sentiment_dist.runs import load_run
 
     texts = [" ".join([SAMPLE[i % 3]] * (1 + i % 7)) for i in range(37)]  # 7 to 70 words, mixed
     predict, _ = load_predictor(str(trained), batch_size=8)
-    expected = load_run(str(trained)).model(tf.constant(texts)[:, None], training=False).numpy()
+    expected = RunDir(str(trained)).load_classifier().model(tf.constant(texts)[:, None], training=False).numpy()
     np.testing.assert_allclose(predict(texts), expected, rtol=0, atol=1e-5)
 
 
@@ -104,7 +105,6 @@ def test_saved_model_takes_raw_strings_and_loads_in_safe_mode(trained):
     "overrides,message",
     [
         (["dataset=csv", "dataset.path=nowhere.csv"], "nowhere.csv does not exist"),
-        (["trainer.class_weight=heavy"], "trainer.class_weight='heavy' is unknown"),
         (["dataset.num_train=8", "trainer.batch_size=32"], "fewer than one global batch"),
     ],
 )
@@ -133,3 +133,68 @@ def test_multirun_sweep_runs_each_member(tmp_path):
     metrics = sorted((tmp_path / "outputs").rglob("metrics.json"))
     assert len(metrics) == 2
     assert {read_json(p.parent / "labels.json")["label_names"][0] for p in metrics} == {"negative"}
+
+
+# --- faults a new user runs into: each a class of problem, one sentence, exit code 2 ----------
+
+
+def test_a_run_with_hundreds_of_classes_finishes_its_run_dir(tmp_path):
+    """300 classes: the confusion plot shows the 30 most frequent (and the rest as "other"),
+    so drawing it no longer hangs and metrics.json is written."""
+    rng = np.random.default_rng(0)
+    rows = [f"review {i} about item{label} {' '.join(rng.choice(['good', 'bad', 'fine'], 5))},c{label}"
+            for i, label in enumerate(np.repeat(np.arange(300), 6))]
+    (tmp_path / "many.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    run(module("train", *TINY, "trainer.epochs=1", "dataset=csv", "dataset.path=many.csv", "dataset.max_rows=null",
+               "dataset.split.test_fraction=0.34",
+               "dataset.split.validation_fraction=0.17", "trainer.batch_size=16", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
+    metrics = read_json(tmp_path / "run" / "metrics.json")
+    assert len(metrics["test"]["label_names"]) == 300 and metrics["test"]["examples"] == 612
+    assert (tmp_path / "run" / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_the_confusion_plot_pools_all_but_the_most_frequent_classes():
+    from sentiment_dist.jobs.plots import top_classes
+
+    confusion = np.arange(40 * 40).reshape(40, 40)
+    shown, names = top_classes(confusion, [f"c{i}" for i in range(40)], k=5)
+    assert names == ["c35", "c36", "c37", "c38", "c39", "other (35 classes)"]  # most true examples
+    assert shown.shape == (6, 6) and shown.sum() == confusion.sum()  # every example still counted
+    assert shown[0, 0] == confusion[35, 35] and shown[-1, -1] == confusion[:35, :35].sum()
+    same, _ = top_classes(confusion[:5, :5], [f"c{i}" for i in range(5)], k=5)
+    assert (same == confusion[:5, :5]).all()
+
+
+@pytest.mark.parametrize("tf_config", ["{not json", "[1, 2]", '{"task": {"type": "worker", "index": "first"}}'])
+def test_a_malformed_distributed_environment_is_one_sentence(tmp_path, tf_config):
+    result = run(module("train", *TINY, "strategy=multiworker"), cwd=tmp_path, check=False,
+                 env=cli_env(TF_CONFIG=tf_config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: TF_CONFIG is not a TensorFlow cluster description")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_output_directory_that_cannot_be_created_is_one_sentence(tmp_path):
+    (tmp_path / "blocker").write_text("a file where a directory should go")
+    result = run(module("train", *TINY, "paths.log_dir=blocker/runs"), cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: cannot create the run directory blocker/runs/train/" in result.stderr
+    assert "set paths.log_dir (or hydra.run.dir) to a writable directory" in result.stderr
+
+
+def test_a_disk_that_fills_up_is_one_sentence_and_leaves_no_run_dir(tmp_path):
+    """Files above 200 kB fail to write (RLIMIT_FSIZE: EFBIG, as ENOSPC on a full disk), the
+    first checkpoint among them: nothing to resume from, so no run dir is left."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    command = module("train", *TINY, "trainer.epochs=1", "model.vocab_size=4000", "model.embedding_dim=64",
+                     f"hydra.run.dir={tmp_path}/run")
+    result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+                            preexec_fn=small_files)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"error: cannot save a checkpoint in {tmp_path}/run/checkpoints (File too large); free space" in result.stderr
+    assert not (tmp_path / "run").exists()

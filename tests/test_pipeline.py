@@ -7,8 +7,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
-from conftest import REPO
-from omegaconf import OmegaConf
+from conftest import tiny_model
 
 from sentiment_dist.data.pipeline import (
     SORTISH_CHUNK_BATCHES,
@@ -21,8 +20,8 @@ from sentiment_dist.data.pipeline import (
     training_batches,
     vectorize_windows,
 )
-from sentiment_dist.distribute import InputShard
-from sentiment_dist.models import build_classifier, inference_model
+from sentiment_dist.models.classifier import build_classifier, inference_model
+from sentiment_dist.runtime.distribute import InputShard
 
 # IMDB reviews hold \x85 (NEL, from Windows-1252 "...") and \u2028: Python reads
 # both as line breaks, which is how Keras reads a vocabulary back from model.keras.
@@ -40,8 +39,7 @@ def test_vocabulary_leaves_out_tokens_with_line_breaks_and_keeps_its_size():
 def test_a_model_with_that_vocabulary_saves_and_loads(tmp_path):
     vocabulary = build_vocabulary(TEXTS, vocab_size=None)
     vectorizer = make_vectorizer(8, vocabulary)
-    cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "model" / "lstm.yaml"),
-                          {"sequence_length": 8, "embedding_dim": 4, "units": 4})
+    cfg = tiny_model(name="lstm", sequence_length=8, embedding_dim=4, units=4, dropout=0.2)
     model = inference_model(vectorizer, build_classifier(cfg, len(vocabulary), 2))
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")

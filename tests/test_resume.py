@@ -11,23 +11,25 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY, cli_env, horovodrun, module, multiworker, read_json, run
+from conftest import TINY, cli_env, horovodrun, module, multiworker, read_json, run, tiny_model, tiny_trainer
 from omegaconf import OmegaConf
 
-from sentiment_dist.config import CONFIG_DIR
 from sentiment_dist.data.pipeline import TokenizedSplit
-from sentiment_dist.distribute import Distribution
-from sentiment_dist.models import build_classifier
-from sentiment_dist.trainer import Trainer, TrainingDiverged
+from sentiment_dist.models.classifier import build_classifier
+from sentiment_dist.runtime.distribute import Distribution
+from sentiment_dist.training.callbacks import make_callbacks
+from sentiment_dist.training.checkpoint import Checkpointer
+from sentiment_dist.training.loop import Trainer, TrainingDiverged
+
+SINGLE = Distribution(OmegaConf.create({"name": "single"}))
 
 
 def model_cfg():
-    cfg = OmegaConf.load(f"{CONFIG_DIR}/model/lstm.yaml")
-    cfg.merge_with({"sequence_length": 10, "embedding_dim": 6, "units": 4, "dropout": 0.0})
-    return cfg
+    return tiny_model(name="lstm")
+
 
 EPOCHS = 2
-LONG_EPOCHS = [*TINY, "dataset.num_train=2048", f"trainer.epochs={EPOCHS}", "trainer.early_stopping.patience=null"]
+LONG_EPOCHS = [*TINY, "dataset.max_rows=2048", f"trainer.epochs={EPOCHS}", "trainer.early_stopping.patience=null"]
 LAUNCH = {
     "single": lambda args: module("train", *args),
     "mirrored": lambda args: module("train", *args, "strategy=mirrored", "strategy.cpu_devices=2", "trainer.batch_size=16"),
@@ -72,24 +74,18 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     """Epoch 1 is good and checkpointed; epoch 2 meets NaN example weights."""
     keras.utils.set_random_seed(0)
     model = build_classifier(model_cfg(), vocab_size=20, num_classes=2)
-    cfg = OmegaConf.load(f"{CONFIG_DIR}/trainer/default.yaml")
-    cfg.merge_with({"batch_size": 8, "early_stopping": {"patience": None}, "lr_on_plateau": {"patience": None}})
-    trainer = Trainer(Distribution(OmegaConf.create({"name": "single"})), model, 2, cfg, seed=0)
+    cfg = tiny_trainer(batch_size=8, **{"early_stopping.patience": None, "lr_on_plateau.patience": None})
+    trainer = Trainer(SINGLE, model, 2, cfg, seed=0)
     rng = np.random.default_rng(0)
     tokens, labels = rng.integers(1, 20, size=(32, 10)).astype("int32"), rng.integers(0, 2, 32).astype("int32")
     good = TokenizedSplit(tokens, labels, np.ones(32, "float32"))
     poisoned = TokenizedSplit(tokens, labels, np.full(32, np.nan, "float32"))
     checkpoints = str(tmp_path / "checkpoints")
-    trainer.fit(good, good, epochs=1, callbacks=[], checkpoint_dir=checkpoints, verbose=False)
+    trainer.fit(good, good, epochs=1, callbacks=[Checkpointer(SINGLE, checkpoints)], verbose=False)
     kept = tf.train.latest_checkpoint(checkpoints)
     with pytest.raises(TrainingDiverged, match=r"became nan at epoch 2, step 1; lower trainer.learning_rate .* kept, is in"):
-        trainer.fit(poisoned, good, epochs=2, callbacks=[], checkpoint_dir=checkpoints, verbose=False)
+        trainer.fit(poisoned, good, epochs=2, callbacks=[Checkpointer(SINGLE, checkpoints)], verbose=False)
     assert tf.train.latest_checkpoint(checkpoints) == kept
-
-
-def test_a_bad_learning_rate_is_a_user_error(tmp_path):
-    result = run(module("train", *TINY, "trainer.learning_rate=fast"), cwd=tmp_path, check=False)
-    assert result.returncode == 2 and "trainer.learning_rate='fast' must be a positive number" in result.stderr
 
 
 def test_checkpoints_are_kept_when_a_resumed_run_fails(tmp_path):
@@ -107,19 +103,16 @@ def test_a_resumed_run_stops_and_lowers_the_rate_when_an_uninterrupted_one_does(
     """EarlyStopping's and ReduceLROnPlateau's counters survive a resume: the
     run below lowers its rate after epochs 3, 4 and 5 and stops after epoch 5
     (patience 1 and 3) whether or not it was interrupted after epoch 3."""
-    from sentiment_dist.callbacks import make_callbacks
-
-    cfg = OmegaConf.load(f"{CONFIG_DIR}/trainer/default.yaml")
-    cfg.merge_with({"early_stopping": {"patience": 3}, "lr_on_plateau": {"patience": 1}, "learning_rate": 0.01})
+    cfg = tiny_trainer(learning_rate=0.01, **{"early_stopping.patience": 3, "lr_on_plateau.patience": 1})
     val_losses = [1.0, 0.9, 0.95, 0.97, 0.99, 0.8, 0.7]
 
     def drive(history: list[dict], rate: float | None) -> list[dict]:
         """The trainer's order of calls; `history`/`rate`: what a checkpoint restores."""
         model = build_classifier(model_cfg(), vocab_size=20, num_classes=2)
-        trainer = Trainer(Distribution(OmegaConf.create({"name": "single"})), model, 2, cfg, seed=0)
+        trainer = Trainer(SINGLE, model, 2, cfg, seed=0)
         if rate is not None:
             trainer.optimizer.learning_rate = rate
-        callbacks = make_callbacks(cfg, 0.01, 0.01, 1, str(tmp_path / "best.weights.h5"), is_chief=False)
+        callbacks = make_callbacks(cfg, 0.01, 0.01, 1, SINGLE)
         callback_list = keras.callbacks.CallbackList(callbacks, model=model)
         callback_list.on_train_begin()
         for callback in callbacks:
@@ -144,14 +137,11 @@ def test_a_resumed_run_stops_and_lowers_the_rate_when_an_uninterrupted_one_does(
 @pytest.mark.parametrize("monitor", ["val_accuracy", "val_macro_f1"])
 def test_stopping_and_lowering_the_rate_on_a_metric_to_maximise(tmp_path, monitor):
     """Keras' "auto" mode refuses val_accuracy; higher must count as better."""
-    from sentiment_dist.callbacks import make_callbacks
-
-    cfg = OmegaConf.load(f"{CONFIG_DIR}/trainer/default.yaml")
-    cfg.merge_with({"early_stopping": {"monitor": monitor, "patience": 1},
-                    "lr_on_plateau": {"monitor": monitor, "patience": 1}, "learning_rate": 0.01})
+    cfg = tiny_trainer(learning_rate=0.01, **{"early_stopping.monitor": monitor, "early_stopping.patience": 1,
+                                              "lr_on_plateau.monitor": monitor, "lr_on_plateau.patience": 1})
     model = build_classifier(model_cfg(), vocab_size=20, num_classes=2)
-    trainer = Trainer(Distribution(OmegaConf.create({"name": "single"})), model, 2, cfg, seed=0)
-    callbacks = make_callbacks(cfg, 0.01, 0.01, 1, str(tmp_path / "best.weights.h5"), is_chief=False)
+    trainer = Trainer(SINGLE, model, 2, cfg, seed=0)
+    callbacks = make_callbacks(cfg, 0.01, 0.01, 1, SINGLE)
     callback_list = keras.callbacks.CallbackList(callbacks, model=model)
     callback_list.on_train_begin()
     for epoch, value in enumerate([0.80, 0.85, 0.84]):  # rises, then falls once: patience 1 is used up

@@ -61,7 +61,7 @@ def test_horovod_job_is_one_wandb_run(tmp_path, horovod_available):
 
 
 def test_finetune_joins_the_source_group_and_declares_the_source_model(tmp_path):
-    run(module("finetune", "debug=tiny_transfer", "trainer.verbose=false", "logger=wandb"), cwd=tmp_path, env=offline_env(tmp_path))
+    run(module("finetune", "debug=tiny", "trainer.verbose=false", "logger=wandb"), cwd=tmp_path, env=offline_env(tmp_path))
     runs = sorted(tmp_path.rglob("offline-run-*"))
     assert len(runs) == 2
     by_job = {}

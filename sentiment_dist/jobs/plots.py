@@ -1,28 +1,14 @@
-"""Metrics from a confusion matrix, and the run directory's plots."""
+"""The run directory's plots and the per-class table in the log."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from sentiment_dist.io import atomic_write
-from sentiment_dist.trainer import EvaluationResult, per_class_scores
+from sentiment_dist.runtime.io import atomic_write
 
-
-def classification_metrics(result: EvaluationResult, label_names: list[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix."""
-    scores = per_class_scores(result.confusion)
-    return {
-        "loss": result.loss,
-        "accuracy": result.accuracy,
-        "macro_f1": float(np.mean(scores["f1"])),
-        "examples": result.count,
-        "per_class": {
-            name: {key: float(scores[key][i]) for key in ("precision", "recall", "f1", "support")}
-            for i, name in enumerate(label_names)
-        },
-        "confusion_matrix": result.confusion.tolist(),
-        "label_names": list(label_names),
-    }
+# Past this many classes the confusion plot shows the most frequent ones
+# (and "other"): a full K x K grid with a count per cell grows as K squared.
+CONFUSION_TOP_K = 30
 
 
 def figure():
@@ -35,18 +21,34 @@ def figure():
     return plt
 
 
+def top_classes(confusion: np.ndarray, label_names: list[str], k: int = CONFUSION_TOP_K) -> tuple[np.ndarray, list[str]]:
+    """The confusion matrix of the `k` classes with the most true examples, the rest pooled as
+    "other" (rows and columns), so every example is still counted; unchanged for `k` classes or fewer."""
+    if len(label_names) <= k:
+        return confusion, list(label_names)
+    keep = np.sort(np.argsort(-confusion.sum(axis=1), kind="stable")[:k])
+    rest = np.setdiff1d(np.arange(len(label_names)), keep)
+    rows = np.vstack([confusion[keep], confusion[rest].sum(axis=0, keepdims=True)])
+    pooled = np.hstack([rows[:, keep], rows[:, rest].sum(axis=1, keepdims=True)])
+    return pooled, [label_names[i] for i in keep] + [f"other ({len(rest)} classes)"]
+
+
 def plot_confusion(confusion: np.ndarray, label_names: list[str], path: str, title: str = "Test set") -> None:
+    """Counts of true against predicted classes (the most frequent `CONFUSION_TOP_K` past that many)."""
     plt = figure()
-    size = max(4.0, 0.9 * len(label_names) + 2)
+    shown, names = top_classes(confusion, label_names)
+    if len(names) < len(label_names):
+        title = f"{title}: {len(names) - 1} most frequent of {len(label_names)} classes"
+    size = max(4.0, 0.9 * len(names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(len(label_names)), label_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(label_names)), label_names)
+    ax.imshow(shown, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    threshold = confusion.max() / 2 if confusion.size else 0
-    for (row, column), count in np.ndenumerate(confusion):
+    threshold = shown.max() / 2 if shown.size else 0
+    for (row, column), count in np.ndenumerate(shown):
         ax.text(column, row, str(count), ha="center", va="center", color="white" if count > threshold else "black")
     fig.tight_layout()
     atomic_write(path, lambda temp: fig.savefig(temp, dpi=110, format="png"))

@@ -1,66 +1,202 @@
-"""Reading a finished run directory back: for evaluate, predict and fine-tune."""
+"""The run directory: the one place that knows every run file's name, and reads and writes them.
+
+A classifier run holds `config.yaml`, `vocabulary.txt`, `labels.json`,
+`model.keras`, `history.json`, `metrics.json` and plots; a pretrain run holds
+`language_model.weights.h5` instead of the model and labels. Files are
+written atomically, by the chief only; `metrics.json` is written last, so a
+run dir with it is complete (`finished`).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import keras
 from omegaconf import DictConfig, OmegaConf
 
-from sentiment_dist.data.pipeline import VOCABULARY_FILE, load_vocabulary
-from sentiment_dist.errors import UserError
-from sentiment_dist.models import CLASSIFIER_NAME
+from sentiment_dist.runtime.errors import UserError
+from sentiment_dist.runtime.io import atomic_write, atomic_write_json, atomic_write_text, read_json
 
-MODEL_FILE = "model.keras"
-LABELS_FILE = "labels.json"
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.yaml"
+
+class RunDir:
+    CONFIG = "config.yaml"
+    VOCABULARY = "vocabulary.txt"
+    LABELS = "labels.json"
+    MODEL = "model.keras"
+    LANGUAGE_MODEL = "language_model.weights.h5"
+    HISTORY = "history.json"
+    METRICS = "metrics.json"
+    TRACKING = "tracking.json"  # the W&B run and artifact the run dir was logged as
+    CURVES = "training_curves.png"
+    CONFUSION = "confusion_matrix.png"
+    REPORT = "transfer_report.json"
+    REPORT_PLOT = "transfer_report.png"
+    CHECKPOINTS = "checkpoints"
+    BEST_WEIGHTS = "best.weights.h5"
+    # What a W&B model artifact holds, per kind of run.
+    CLASSIFIER_FILES = (MODEL, VOCABULARY, LABELS, CONFIG, METRICS)
+    LANGUAGE_MODEL_FILES = (LANGUAGE_MODEL, VOCABULARY, CONFIG, METRICS)
+
+    def __init__(self, path: str):
+        self.path = str(path)
+
+    def __str__(self) -> str:
+        return self.path
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def child(self, name: str) -> RunDir:
+        """A stage of a longer job (`source/`, `lm_general/`) inside this run dir."""
+        return RunDir(self.file(name))
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.file(self.CHECKPOINTS)
+
+    @property
+    def best_weights(self) -> str:
+        return os.path.join(self.checkpoint_dir, self.BEST_WEIGHTS)
+
+    @property
+    def finished(self) -> bool:
+        return os.path.isfile(self.file(self.METRICS))
+
+    # -- writing (the chief only) ------------------------------------------------
+    def write_config(self, cfg: DictConfig) -> None:
+        plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        atomic_write_text(self.file(self.CONFIG), OmegaConf.to_yaml(plain))
+
+    def write_vocabulary(self, vocabulary: list[str]) -> None:
+        atomic_write_text(self.file(self.VOCABULARY), "\n".join(vocabulary) + "\n")
+
+    def write_labels(self, label_names: list[str]) -> None:
+        atomic_write_json(self.file(self.LABELS), {"label_names": list(label_names)})
+
+    def write_model(self, model: keras.Model) -> None:
+        atomic_write(self.file(self.MODEL), model.save)
+
+    def write_language_model(self, model: keras.Model) -> None:
+        atomic_write(self.file(self.LANGUAGE_MODEL), model.save_weights)
+
+    def write_json(self, name: str, data) -> None:
+        atomic_write_json(self.file(name), data)
+
+    def write_metrics(self, metrics: dict) -> None:
+        """Last: a run dir with metrics.json is complete."""
+        atomic_write_json(self.file(self.METRICS), metrics)
+
+    # -- reading -------------------------------------------------------------------
+    def require(self, name: str, kind: str = "training") -> str:
+        path = self.file(name)
+        if not os.path.isfile(path):
+            raise UserError(f"{self.path} has no {name}; point at the run directory of a finished {kind} run.")
+        return path
+
+    def read_vocabulary(self) -> list[str]:
+        path = self.file(self.VOCABULARY)
+        if not os.path.isfile(path):
+            raise UserError(f"{path} is missing; point at a complete run directory.")
+        with open(path, encoding="utf-8") as handle:
+            vocabulary = handle.read().split("\n")[:-1]
+        if len(vocabulary) < 3 or vocabulary[:2] != ["", "[UNK]"]:
+            raise UserError(f"{path} is not a vocabulary written by sentiment-dist; retrain the run.")
+        return vocabulary
+
+    def read_labels(self) -> list[str]:
+        try:
+            return list(read_json(self.require(self.LABELS))["label_names"])
+        except (ValueError, KeyError) as err:
+            raise UserError(f"{self.path} has a damaged {self.LABELS}; retrain the run.") from err
+
+    def read_config(self) -> DictConfig:
+        try:
+            return OmegaConf.load(self.require(self.CONFIG))
+        except ValueError as err:
+            raise UserError(f"{self.path} has a damaged {self.CONFIG}; retrain the run.") from err
+
+    def read_metrics(self) -> dict:
+        return read_json(self.require(self.METRICS))
+
+    def read_tracking(self) -> dict | None:
+        try:
+            return read_json(self.file(self.TRACKING))
+        except (OSError, ValueError):
+            return None
+
+    def load_classifier(self) -> ClassifierRun:
+        """A finished classifier run: its model (Keras safe mode), label names and config."""
+        if not os.path.isdir(self.path):
+            raise UserError(f"run directory {self.path} does not exist; pass the path printed by training.")
+        model_path = self.require(self.MODEL)
+        label_names, config, vocabulary = self.read_labels(), self.read_config(), self.read_vocabulary()
+        try:
+            model = keras.models.load_model(model_path, safe_mode=True, compile=False)
+        except Exception as err:  # zip / h5 / config errors: a damaged file
+            raise UserError(f"{model_path} cannot be loaded ({type(err).__name__}); it is damaged, retrain the run.") from err
+        run = ClassifierRun(self, model, label_names, config)
+        if list(run.vectorizer.get_vocabulary()) != vocabulary:
+            raise UserError(f"{self.file(self.VOCABULARY)} does not match its {self.MODEL}; the run dir is damaged, retrain it.")
+        return run
+
+    def load_language_model(self) -> PretrainedRun:
+        """A finished pretrain run: its config, vocabulary and language model (`init.from`)."""
+        from sentiment_dist.models.language_model import build_language_model
+
+        if not os.path.isdir(self.path):
+            raise UserError(f"init.from={self.path} does not exist; pass the run directory that pretraining printed.")
+        weights = self.file(self.LANGUAGE_MODEL)
+        if not os.path.isfile(weights) or not os.path.isfile(self.file(self.CONFIG)):
+            raise UserError(
+                f"init.from={self.path} is not a finished pretrain run (no {self.LANGUAGE_MODEL} or {self.CONFIG}); "
+                "point it at a `python -m sentiment_dist.pretrain` run dir (a classifier run goes to finetune.source)."
+            )
+        vocabulary, config = self.read_vocabulary(), self.read_config()
+        model = build_language_model(config.model, len(vocabulary))
+        try:
+            model.load_weights(weights)
+        except Exception as err:  # shapes or file damaged
+            raise UserError(
+                f"{weights} does not load into the model its {self.CONFIG} and {self.VOCABULARY} describe "
+                f"({type(err).__name__}); the run dir is damaged, re-run the pretraining."
+            ) from err
+        return PretrainedRun(self, config, vocabulary, model)
 
 
 @dataclass
-class Run:
-    directory: str
+class ClassifierRun:
+    run: RunDir
     model: keras.Model  # raw strings -> probabilities
     label_names: list[str]
     config: DictConfig
 
     @property
+    def directory(self) -> str:
+        return self.run.path
+
+    @property
     def classifier(self) -> keras.Model:
+        from sentiment_dist.models.classifier import CLASSIFIER_NAME
+
         return self.model.get_layer(CLASSIFIER_NAME)
 
     @property
     def vectorizer(self) -> keras.layers.Layer:
         return self.model.get_layer("vectorizer")
 
-
-def _require(directory: str, name: str) -> str:
-    path = os.path.join(directory, name)
-    if not os.path.isfile(path):
-        raise UserError(f"{directory} has no {name}; point at the run directory of a finished training run.")
-    return path
+    @property
+    def vocabulary(self) -> list[str]:
+        return list(self.vectorizer.get_vocabulary())
 
 
-def load_run(directory: str) -> Run:
-    """Load a run dir's model (Keras safe mode), label names and config."""
-    if not os.path.isdir(directory):
-        raise UserError(f"run directory {directory} does not exist; pass the path printed by training.")
-    model_path = _require(directory, MODEL_FILE)
-    labels_path = _require(directory, LABELS_FILE)
-    config_path = _require(directory, CONFIG_FILE)
-    vocabulary = load_vocabulary(directory)
-    try:
-        model = keras.models.load_model(model_path, safe_mode=True, compile=False)
-    except Exception as err:  # zip / h5 / config errors: a damaged file
-        raise UserError(f"{model_path} cannot be loaded ({type(err).__name__}); it is damaged, retrain the run.") from err
-    try:
-        with open(labels_path, encoding="utf-8") as handle:
-            label_names = json.load(handle)["label_names"]
-        config = OmegaConf.load(config_path)
-    except (ValueError, KeyError) as err:
-        raise UserError(f"{directory} has a damaged {LABELS_FILE} or {CONFIG_FILE}; retrain the run.") from err
-    run = Run(directory, model, list(label_names), config)
-    if list(run.vectorizer.get_vocabulary()) != vocabulary:
-        raise UserError(f"{directory}/{VOCABULARY_FILE} does not match its model.keras; the run dir is damaged, retrain it.")
-    return run
+@dataclass
+class PretrainedRun:
+    run: RunDir
+    config: DictConfig
+    vocabulary: list[str]
+    model: keras.Model  # a LanguageModel
+
+    @property
+    def directory(self) -> str:
+        return self.run.path

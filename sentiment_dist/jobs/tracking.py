@@ -7,7 +7,6 @@ run falls back to offline, then to no tracking.
 
 from __future__ import annotations
 
-import json
 import logging
 import netrc
 import os
@@ -17,15 +16,11 @@ from urllib.parse import urlparse
 import keras
 from omegaconf import DictConfig
 
-from sentiment_dist.config import resolved
-from sentiment_dist.errors import UserError
-from sentiment_dist.io import atomic_write_json
+from sentiment_dist.config.hydra_task import resolved
+from sentiment_dist.jobs.rundir import RunDir
+from sentiment_dist.runtime.errors import UserError
 
 log = logging.getLogger(__name__)
-
-RUN_FILES = ("model.keras", "vocabulary.txt", "labels.json", "config.yaml", "metrics.json")
-PRETRAIN_FILES = ("language_model.weights.h5", "vocabulary.txt", "config.yaml", "metrics.json")
-TRACKING_FILE = "tracking.json"  # the W&B run and artifact a run dir was logged as
 
 
 class Tracker:
@@ -109,14 +104,14 @@ class WandbTracker(Tracker):
         for name, row in zip(names, metrics["test"]["confusion_matrix"], strict=True):
             table.add_data(name, *row)
         images = {
-            f"plots/{stem}": wandb.Image(os.path.join(run_dir, f"{stem}.png"))
-            for stem in ("confusion_matrix", "training_curves", "transfer_report")
-            if os.path.exists(os.path.join(run_dir, f"{stem}.png"))
+            f"plots/{name.removesuffix('.png')}": wandb.Image(RunDir(run_dir).file(name))
+            for name in (RunDir.CONFUSION, RunDir.CURVES, RunDir.REPORT_PLOT)
+            if os.path.exists(RunDir(run_dir).file(name))
         }
         self.run.log({"test/confusion_matrix": table, **images})
-        self._log_run_dir(run_dir, "model", RUN_FILES, {"test": metrics["test"]["accuracy"]})
+        self._log_run_dir(RunDir(run_dir), "model", RunDir.CLASSIFIER_FILES, {"test": metrics["test"]["accuracy"]})
 
-    def _log_run_dir(self, run_dir: str, kind: str, files: tuple[str, ...], metadata: dict) -> None:
+    def _log_run_dir(self, run_dir: RunDir, kind: str, files: tuple[str, ...], metadata: dict) -> None:
         """The run dir's `files` as a `kind` artifact, and tracking.json naming it (how later
         runs find this W&B run: group, lineage)."""
         import wandb
@@ -125,11 +120,11 @@ class WandbTracker(Tracker):
         if self.run.config.get("logger", {}).get("log_model", True):
             artifact = wandb.Artifact(name, type=kind, metadata=metadata)
             for file in files:
-                if os.path.exists(os.path.join(run_dir, file)):
-                    artifact.add_file(os.path.join(run_dir, file))
+                if os.path.exists(run_dir.file(file)):
+                    artifact.add_file(run_dir.file(file))
             self.run.log_artifact(artifact, aliases=["latest"])
-        atomic_write_json(
-            os.path.join(run_dir, TRACKING_FILE),
+        run_dir.write_json(
+            RunDir.TRACKING,
             {"run_id": self.run.id, "project": self.run.project, "entity": self.run.entity,
              "group": self.run.group, "artifact": name, "type": kind, "mode": self.mode},
         )
@@ -147,9 +142,10 @@ class WandbTracker(Tracker):
                 self.run.summary[f"{split}/perplexity_{direction}"] = perplexity
         self.run.summary["tokens_per_second"] = metrics["tokens_per_second"]
         self.run.summary["train_seconds"] = metrics["train_seconds"]
-        if os.path.exists(os.path.join(run_dir, "training_curves.png")):
-            self.run.log({"plots/training_curves": wandb.Image(os.path.join(run_dir, "training_curves.png"))})
-        self._log_run_dir(run_dir, "language_model", PRETRAIN_FILES, {"test_perplexity": metrics["test"]["perplexity"]})
+        curves = RunDir(run_dir).file(RunDir.CURVES)
+        if os.path.exists(curves):
+            self.run.log({"plots/training_curves": wandb.Image(curves)})
+        self._log_run_dir(RunDir(run_dir), "language_model", RunDir.LANGUAGE_MODEL_FILES, {"test_perplexity": metrics["test"]["perplexity"]})
 
     def use_model(self, source_dir: str) -> None:
         self._guard("use_artifact", self._use_model, source_dir)
@@ -162,7 +158,7 @@ class WandbTracker(Tracker):
 
         columns = list(summary[0]) if summary else []
         table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in summary])
-        self.run.log({"transfer_report/table": table, "plots/transfer_report": wandb.Image(os.path.join(run_dir, "transfer_report.png"))})
+        self.run.log({"transfer_report/table": table, "plots/transfer_report": wandb.Image(RunDir(run_dir).file(RunDir.REPORT_PLOT))})
 
     def _use_model(self, source_dir: str) -> None:
         """Declare the source model artifact as this run's input (W&B lineage).
@@ -170,7 +166,7 @@ class WandbTracker(Tracker):
         W&B cannot look artifacts up offline, so an offline run records the
         reference in its config (`source_model`) instead.
         """
-        info = read_tracking(source_dir)
+        info = RunDir(source_dir).read_tracking()
         if info is None:
             return
         reference = f"{info['entity']}/{info['project']}/{info['artifact']}:latest" if info.get("entity") else f"{info['artifact']}:latest"
@@ -184,18 +180,9 @@ class WandbTracker(Tracker):
         self._guard("finish", self.run.finish)
 
 
-def read_tracking(run_dir: str) -> dict | None:
-    path = os.path.join(run_dir, TRACKING_FILE)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
 def source_group(run_dir: str) -> str | None:
     """The W&B group a source run was logged in: its fine-tunes join it."""
-    info = read_tracking(run_dir)
+    info = RunDir(run_dir).read_tracking()
     return info["group"] if info else None
 
 

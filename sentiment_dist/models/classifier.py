@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import keras
 from omegaconf import DictConfig
 
-from sentiment_dist.errors import UserError
+from sentiment_dist.runtime.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class MaskedMaxPooling(keras.layers.Layer):
 def recurrent_layer(cfg: DictConfig, index: int, return_sequences: bool, merge_mode: str | None = "concat"):
     """The `index`-th (bi)LSTM layer of the encoder.
 
-    The classifier and the language model (`sentiment_dist.language_model`)
+    The classifier and the language model (`sentiment_dist.models.language_model`)
     both build their layers here, so pretrained weights have the names and
     shapes the classifier expects (`return_sequences` and `merge_mode` change
     no weight)."""
@@ -126,8 +126,6 @@ def _recurrent_encoder(cfg: DictConfig, tokens: keras.KerasTensor) -> keras.Kera
             cfg.recurrent_dropout,
         )
     pooling = cfg.pooling
-    if pooling not in ("last", "max", "mean", "max_mean", "attention"):
-        raise UserError(f"model.pooling={pooling!r} is unknown; use last, max, mean, max_mean or attention.")
     x = tokens
     for index in range(cfg.num_layers):
         last_layer = index == cfg.num_layers - 1
@@ -170,8 +168,6 @@ def build_classifier(cfg: DictConfig, vocab_size: int, num_classes: int) -> kera
 
     Any length: with trainer.batch_by_length a batch is cut to its longest review, and
     padding is masked, so a review scores the same however much padding follows it."""
-    if cfg.name not in ENCODERS:
-        raise UserError(f"model={cfg.name!r} is unknown; use one of {', '.join(ENCODERS)}.")
     if num_classes < 2:
         raise UserError("the data has fewer than 2 classes; a classifier needs at least two.")
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")

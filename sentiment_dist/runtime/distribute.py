@@ -20,7 +20,6 @@ batch (the equivalence test checks this numerically).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -33,39 +32,10 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from sentiment_dist.errors import UserError
+from sentiment_dist.runtime.errors import UserError
+from sentiment_dist.runtime.launch import launch_rank
 
 log = logging.getLogger(__name__)
-
-
-def launch_rank() -> int:
-    """This process's rank as its launcher announced it, before any init.
-
-    Hydra needs to know whether it runs on the chief before TensorFlow or
-    Horovod start (only the chief gets a run directory); `Distribution`
-    checks after init that it agrees with this.
-    """
-    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    tf_config = os.environ.get("TF_CONFIG")
-    if tf_config:
-        try:
-            task = json.loads(tf_config).get("task", {})
-            cluster = json.loads(tf_config).get("cluster", {})
-        except json.JSONDecodeError as err:
-            raise UserError(f"TF_CONFIG is not valid JSON ({err}); fix or unset it.") from err
-        task_type, index = task.get("type", "worker"), int(task.get("index", 0))
-        if task_type == "chief":
-            return 0
-        return index + (1 if "chief" in cluster else 0)
-    if os.environ.get("SLURM_PROCID", "").isdigit() and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return int(os.environ["SLURM_PROCID"])
-    return 0
-
-
-def is_launch_chief() -> bool:
-    return launch_rank() == 0
 
 
 @dataclass(frozen=True)
@@ -191,25 +161,9 @@ class Distribution:
         values and keeps them in sync, so there is nothing to do.
         """
 
-    def prepare_optimizer(self, optimizer: Any) -> None:
-        """Stop Keras from all-reducing gradients a second time.
-
-        The trainer reduces gradients itself (`all_reduce_sum`) so that
-        clipping sees the global gradient, as on one device; Keras' optimizer
-        would otherwise sum them again inside `apply_gradients` under
-        tf.distribute (and clip before reducing, per replica).
-        """
-        inner = getattr(optimizer, "inner_optimizer", optimizer)
-        if not hasattr(inner, "_all_reduce_sum_gradients"):
-            raise RuntimeError("this Keras version no longer reduces gradients in the optimizer; revisit")
-        inner._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars
-
     def checkpoint_write_dir(self, directory: str) -> str | None:
         """Where this process saves checkpoints: the chief into `directory`, others nowhere."""
         return directory if self.is_chief else None
-
-    def shutdown(self) -> None:
-        """Release collectives so the process can exit cleanly."""
 
 
 class MirroredDistribution(Distribution):
@@ -247,15 +201,13 @@ class MultiWorkerDistribution(Distribution):
             resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
                 port_base=int(self.cfg.get("slurm_port_base", 8888))
             )
-        elif resolver_name == "tf_config":
+        else:
             if not os.environ.get("TF_CONFIG"):
                 raise UserError(
                     "strategy=multiworker needs TF_CONFIG (or strategy.cluster_resolver=slurm); "
                     "start workers with launch/multiworker.py."
                 )
             resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-        else:
-            raise UserError(f"strategy.cluster_resolver={resolver_name!r} is unknown; use tf_config or slurm.")
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
@@ -303,11 +255,14 @@ class HorovodDistribution(Distribution):
                 "(make setup does this)."
             ) from err
         self.hvd = hvd
-        hvd.init()
+        hvd.init()  # Horovod registers its own shutdown at exit
         gpus = tf.config.list_physical_devices("GPU")
-        if gpus:  # one GPU per process, chosen by local rank
-            tf.config.experimental.set_memory_growth(gpus[hvd.local_rank()], True)
-            tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
+        if gpus:
+            # One GPU per process: by local rank when the process sees all the node's GPUs,
+            # the only one when the launcher bound one per task (srun --gpus-per-task=1).
+            gpu = gpus[hvd.local_rank() % len(gpus)]
+            tf.config.experimental.set_memory_growth(gpu, True)
+            tf.config.set_visible_devices(gpu, "GPU")
         self._check_launch_rank()
         return tf.distribute.get_strategy()
 
@@ -357,9 +312,6 @@ class HorovodDistribution(Distribution):
                 value = self.hvd.broadcast(tf.convert_to_tensor(variable), root_rank=0, name=f"broadcast_{index}")
                 variable.assign(value)
 
-    def shutdown(self) -> None:
-        self.hvd.shutdown()
-
 
 STRATEGIES: dict[str, type[Distribution]] = {
     "single": Distribution,
@@ -371,11 +323,7 @@ STRATEGIES: dict[str, type[Distribution]] = {
 
 def make_distribution(cfg: DictConfig) -> Distribution:
     """Create the strategy named by `cfg.name`; call before any other TF work."""
-    try:
-        cls = STRATEGIES[cfg.name]
-    except KeyError:
-        raise UserError(f"strategy={cfg.name!r} is unknown; use one of {', '.join(STRATEGIES)}.") from None
-    distribution = cls(cfg)
+    distribution = STRATEGIES[cfg.name](cfg)
     if distribution.rank != launch_rank():
         distribution._check_launch_rank()
     log.debug("distribution %s", distribution.describe())

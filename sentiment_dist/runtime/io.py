@@ -2,32 +2,54 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from sentiment_dist.runtime.errors import UserError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call `write(temp_path)` then rename the result onto `path`."""
+    """Call `write(temp_path)` then rename the result onto `path`.
+
+    A full or read-only disk is the user's to fix: it ends in one sentence
+    (`UserError`), and the file is either whole or absent."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     name = os.path.basename(path)
     suffix = "." + name.split(".", 1)[1] if "." in name else ""  # Keras insists on `.weights.h5`
-    fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
+    temp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+        os.close(fd)
         write(temp)
         os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
         os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
+    except BaseException as err:
+        if temp and os.path.exists(temp):
             os.remove(temp)
+        if disk_error(err):
+            raise UserError(f"cannot write {path} ({disk_error(err)}); free space on that disk or point "
+                            "paths.log_dir at another, then rerun: a run resumes from its last checkpoint.") from None
         raise
+
+
+def disk_error(err: BaseException) -> str | None:
+    """The reason when `err` (or what caused it: h5py and Keras wrap it) is the disk's fault."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES):
+            return err.strerror or str(err)
+        for reason in ("No space left on device", "Disk quota exceeded", "File too large", "Read-only file system"):
+            if reason in str(err):  # TensorFlow's errors carry the reason in their text only
+                return reason
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def atomic_write_text(path: str, text: str) -> None:

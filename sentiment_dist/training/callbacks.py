@@ -2,7 +2,8 @@
 
 They run on every rank with identical (all-reduced) logs, so every rank takes
 the same decisions (stop, lower the rate, keep these weights); only the chief
-writes files.
+writes files. Callbacks marked `decides` act on the raw weights before the
+checkpoint is saved (see `Trainer.callbacks_around`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import math
 import os
 
 import keras
-import numpy as np
 from omegaconf import DictConfig
 
-from sentiment_dist.errors import UserError
-from sentiment_dist.io import atomic_write
+from sentiment_dist.runtime.errors import UserError
+from sentiment_dist.runtime.io import atomic_write
+from sentiment_dist.training.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,10 @@ class BestWeights(keras.callbacks.Callback):
 
     Every rank keeps them (its decisions match the chief's: logs are
     all-reduced); only the chief (`write=True`) saves them, atomically, to
-    `path`, from where a resumed run reloads them.
+    `path` (None: nowhere), from where a resumed run reloads them.
     """
 
-    def __init__(self, monitor: str, path: str, write: bool):
+    def __init__(self, monitor: str, path: str | None, write: bool):
         super().__init__()
         self.monitor, self.path, self.write = monitor, path, write
         self.mode = monitor_mode(monitor)
@@ -48,7 +49,7 @@ class BestWeights(keras.callbacks.Callback):
     def resume(self, epochs: list[dict]) -> None:
         """Pick up the best of the epochs an interrupted attempt finished."""
         values = [epoch[self.monitor] for epoch in epochs if self.monitor in epoch]
-        if not values or not os.path.exists(self.path):
+        if not values or self.path is None or not os.path.exists(self.path):
             return
         self.best = max(values) if self.mode == "max" else min(values)
         current = self.model.get_weights()
@@ -62,7 +63,7 @@ class BestWeights(keras.callbacks.Callback):
             raise UserError(f"trainer.best_monitor={self.monitor} is not a logged metric; use one of {sorted(logs or {})}.")
         if self._better(value):
             self.best, self.best_weights = value, self.model.get_weights()
-            if self.write:
+            if self.write and self.path is not None:
                 atomic_write(self.path, self.model.save_weights)
 
     def on_train_end(self, logs=None):
@@ -71,6 +72,8 @@ class BestWeights(keras.callbacks.Callback):
 
 
 class ResumedCounters:
+    decides = True
+
     """Mixed into Keras' EarlyStopping and ReduceLROnPlateau: their counters
     (epochs without improvement, best value, cooldown) would restart at 0 on
     resume, so a run killed and resumed could train longer, or lower the rate
@@ -80,7 +83,7 @@ class ResumedCounters:
     """
 
     def resume(self, epochs: list[dict]) -> None:
-        optimizers = self.model.optimizer.all
+        optimizers = self.model.optimizer.optimizers
         rates = [float(keras.ops.convert_to_numpy(optimizer.learning_rate)) for optimizer in optimizers]
         for record in epochs:
             self.on_epoch_end(int(record["epoch"]) - 1, dict(record))
@@ -101,6 +104,8 @@ class LearningRateWarmup(keras.callbacks.Callback):
     epochs (Goyal et al. 2017), so a rate scaled by the number of replicas
     does not blow up the first steps."""
 
+    decides = True
+
     def __init__(self, start: float, target: float, warmup_steps: int):
         super().__init__()
         self.start, self.target, self.warmup_steps = start, target, warmup_steps
@@ -117,8 +122,11 @@ class LearningRateWarmup(keras.callbacks.Callback):
 
 
 def make_callbacks(
-    cfg: DictConfig, base_rate: float, effective_rate: float, steps: int, best_path: str, is_chief: bool
+    cfg: DictConfig, base_rate: float, effective_rate: float, steps: int, dist,
+    checkpoint_dir: str | None = None, best_weights_path: str | None = None,
 ) -> list[keras.callbacks.Callback]:
+    """The callbacks `trainer.*` asks for; resume state goes to `checkpoint_dir` and the best
+    epoch's weights to `best_weights_path` (None: not written)."""
     callbacks: list[keras.callbacks.Callback] = []
     if cfg.warmup_epochs and effective_rate != base_rate:
         callbacks.append(LearningRateWarmup(base_rate, effective_rate, int(cfg.warmup_epochs * steps)))
@@ -141,19 +149,6 @@ def make_callbacks(
                 min_delta=cfg.early_stopping.min_delta,
             )
         )
-    callbacks.append(BestWeights(cfg.best_monitor, best_path, write=is_chief))
+    callbacks.append(Checkpointer(dist, checkpoint_dir))
+    callbacks.append(BestWeights(cfg.best_monitor, best_weights_path, write=dist.is_chief))
     return callbacks
-
-
-def class_weights(labels: np.ndarray, num_classes: int, mode: str | None) -> np.ndarray | None:
-    """Per-class weights: `balanced` gives n / (K * count_k), as scikit-learn."""
-    if mode is None:
-        return None
-    if mode != "balanced":
-        raise UserError(f"trainer.class_weight={mode!r} is unknown; use null or balanced.")
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    return (len(labels) / (num_classes * np.maximum(counts, 1))).astype(np.float32)
-
-
-def checkpoint_paths(run_dir: str) -> tuple[str, str]:
-    return os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "checkpoints", "best.weights.h5")

@@ -1,0 +1,212 @@
+"""The job layer: start a job, track it, and fit a model into a run dir, written once for every command.
+
+A `Job` is the composed config, the `Distribution` (who is the chief) and
+the run dir every rank agrees on. `fit_and_write` trains a model on a task
+and writes the run dir; what differs between a classifier and a language
+model (what is scored, which files hold the model) is an `Output`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import keras
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig
+
+from sentiment_dist.config.hydra_task import run_dir
+from sentiment_dist.data.pipeline import TokenizedSplit
+from sentiment_dist.jobs import tracking
+from sentiment_dist.jobs.plots import format_metrics_table, plot_confusion, plot_history
+from sentiment_dist.jobs.rundir import RunDir
+from sentiment_dist.models.classifier import inference_model
+from sentiment_dist.runtime.distribute import Distribution, make_distribution
+from sentiment_dist.training.callbacks import make_callbacks
+from sentiment_dist.training.loop import Task, Trainer
+from sentiment_dist.training.optimizers import ParamGroup
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Job:
+    cfg: DictConfig
+    dist: Distribution
+    run: RunDir
+
+    def at(self, run: RunDir, cfg: DictConfig | None = None) -> Job:
+        """The same job writing to another run dir (a stage), optionally with another config."""
+        return Job(cfg if cfg is not None else self.cfg, self.dist, run)
+
+
+def start(cfg: DictConfig) -> Job:
+    """Create the strategy (before any other TF work), seed, and agree on the run dir."""
+    dist = make_distribution(cfg.strategy)
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.get("trainer") and cfg.trainer.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if cfg.get("trainer"):
+        keras.mixed_precision.set_global_policy(str(cfg.trainer.precision))
+    directory = dist.broadcast_object(run_dir() if dist.is_chief else None)
+    return Job(cfg, dist, RunDir(directory))
+
+
+def tracked(job: Job, job_type: str, body: Callable[[tracking.Tracker], T], group: str | None = None,
+            input_model: str | None = None, announce: bool = True) -> T:
+    """Run `body(tracker)` as one W&B run (declaring `input_model`'s artifact as its input),
+    then, if `announce`, print where the run dir is: the last line of every command."""
+    tracker = tracking.start(job.cfg, job.dist, job.run.path, job_type=job_type, group=group)
+    try:
+        if input_model:
+            tracker.use_model(input_model)
+        result = body(tracker)
+    finally:
+        tracker.finish()
+    if announce and job.dist.is_chief:
+        print(f"Run directory: {os.path.abspath(job.run.path)}", flush=True)
+    return result
+
+
+def stage(job: Job, job_type: str, body: Callable[[tracking.Tracker], Any], group: str | None = None) -> None:
+    """One stage of a longer job (finetune's in-job source, ULMFiT's language models),
+    reused when its run dir already holds a finished run.
+
+    The chief decides and writes; the closing broadcast is a barrier, so no rank
+    reads the stage's files before the chief has written them."""
+    if job.dist.broadcast_object(job.run.finished if job.dist.is_chief else None):
+        if job.dist.is_chief:
+            log.info("Reusing the %s stage already finished in %s.", job_type, job.run.path)
+        return
+    tracked(job, job_type, body, group, announce=False)
+    job.dist.broadcast_object(None)
+
+
+@dataclass
+class Splits:
+    train: TokenizedSplit
+    validation: TokenizedSplit
+    test: TokenizedSplit
+
+
+class ClassifierOutput:
+    """A classifier run: scored by confusion matrix, saved as a model that takes raw strings."""
+
+    throughput = "examples_per_second"
+
+    def __init__(self, label_names: list[str], vectorizer: keras.layers.Layer):
+        self.label_names, self.vectorizer = label_names, vectorizer
+
+    def score(self, trainer: Trainer, split: TokenizedSplit) -> dict:
+        return trainer.evaluate(split).metrics(self.label_names)
+
+    def write(self, run: RunDir, model: keras.Model, metrics: dict) -> None:
+        run.write_labels(self.label_names)
+        run.write_model(inference_model(self.vectorizer, model))
+        plot_confusion(np.array(metrics["test"]["confusion_matrix"]), self.label_names, run.file(RunDir.CONFUSION))
+
+    def report(self, metrics: dict, tracker: tracking.Tracker, run: RunDir) -> None:
+        log.info("Test set (%d examples):\n%s", metrics["test"]["examples"], format_metrics_table(metrics["test"]))
+        tracker.log_results(metrics, run.path)
+
+
+class LanguageModelOutput:
+    """A pretrain run: scored by held-out perplexity, saved as the language model's weights."""
+
+    throughput = "tokens_per_second"
+
+    def __init__(self, held_out_texts: int, bidirectional: bool):
+        self.held_out_texts, self.bidirectional = held_out_texts, bidirectional
+
+    def score(self, trainer: Trainer, split: TokenizedSplit) -> dict:
+        return trainer.evaluate(split).as_dict()
+
+    def write(self, run: RunDir, model: keras.Model, metrics: dict) -> None:
+        run.write_language_model(model)
+
+    def report(self, metrics: dict, tracker: tracking.Tracker, run: RunDir) -> None:
+        held_out = metrics["test"]
+        by_direction = "".join(f", {d} {p:.2f}" for d, p in held_out["perplexity_by_direction"].items())
+        log.info(
+            "Held-out perplexity %.2f on %d tokens of %d test texts%s; next-token accuracy %.3f; %.0f tokens/s",
+            held_out["perplexity"], held_out["tokens"], self.held_out_texts, by_direction if self.bidirectional else "",
+            held_out["accuracy"], metrics["tokens_per_second"],
+        )
+        tracker.log_pretrain_results(metrics, run.path)
+
+
+def fit_and_write(
+    job: Job,
+    tracker: tracking.Tracker,
+    output: ClassifierOutput | LanguageModelOutput,
+    model: keras.Model,
+    task: Task | int,
+    splits: Splits,
+    vocabulary: list[str],
+    groups: list[ParamGroup] | None = None,
+    schedule: Callable[[int], set[str]] | None = None,
+    environment: dict | None = None,
+    extra_metrics: dict | None = None,
+    test_before_training: bool = False,
+) -> dict:
+    """Train `model` on `task` as `job.cfg.trainer` says, score it, and write the run dir.
+
+    `test_before_training` also scores the model as it starts (a transferred
+    classifier as-is), so that a fine-tune reports what it gained."""
+    cfg, dist = job.cfg, job.dist
+    trainer = Trainer(dist, model, task, cfg.trainer, cfg.seed, groups)
+    environment = {
+        **dist.describe(),
+        "global_batch_size": trainer.global_batch,
+        "effective_learning_rate": trainer.base_learning_rate,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "train_examples": len(splits.train),
+        **(environment or {}),
+    }
+    if dist.is_chief:
+        log.info(
+            "Strategy %s: %d process(es), %d replica(s); per-replica batch %d, global batch %d, "
+            "learning rate %.3g (%s scaling)",
+            dist.name, dist.world_size, dist.num_replicas, cfg.trainer.batch_size, trainer.global_batch,
+            trainer.base_learning_rate, cfg.trainer.lr_scaling,
+        )
+        tracker.update_config({"environment": environment})
+    before = output.score(trainer, splits.test) if test_before_training else None
+    if before and dist.is_chief:
+        log.info("Before training: test accuracy %.4f, macro-F1 %.4f", before["accuracy"], before["macro_f1"])
+    steps = len(splits.train) // trainer.global_batch
+    callbacks = make_callbacks(
+        cfg.trainer, float(cfg.trainer.learning_rate), trainer.base_learning_rate, steps, dist,
+        job.run.checkpoint_dir if cfg.trainer.resume else None, job.run.best_weights,
+    )
+    callbacks.append(tracking.EpochLogger(tracker))
+    history = trainer.fit(splits.train, splits.validation, cfg.trainer.epochs, callbacks,
+                          verbose=cfg.trainer.verbose, schedule=schedule)
+    epochs = history.epochs
+    metrics = {
+        "test": output.score(trainer, splits.test),
+        "validation": output.score(trainer, splits.validation),
+        "epochs_run": len(epochs),
+        "train_seconds": float(sum(epoch["epoch_seconds"] for epoch in epochs)),
+        output.throughput: float(np.mean([epoch[output.throughput] for epoch in epochs])) if epochs else 0.0,
+        "environment": environment,
+        **(extra_metrics or {}),
+    }
+    if before:
+        metrics["test_before_training"] = before
+    if dist.is_chief:
+        run = job.run
+        run.write_config(cfg)
+        run.write_vocabulary(vocabulary)
+        output.write(run, model, metrics)
+        run.write_json(RunDir.HISTORY, history.as_columns())
+        plot_history(history.as_columns(), run.file(RunDir.CURVES))
+        run.write_metrics(metrics)
+        output.report(metrics, tracker, run)
+    return metrics

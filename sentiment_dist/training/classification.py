@@ -1,0 +1,98 @@
+"""The classification task: per-example cross-entropy, and held-out scoring by confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sentiment_dist.data.pipeline import TokenizedSplit, evaluation_batches
+from sentiment_dist.models.classifier import per_example_loss, predicted_class
+from sentiment_dist.runtime.distribute import Distribution
+from sentiment_dist.training.metrics import accuracy, classification_metrics, macro_f1
+
+
+@dataclass
+class EvaluationResult:
+    loss: float
+    confusion: np.ndarray  # [true, predicted], counts of real examples
+
+    @property
+    def count(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return accuracy(self.confusion)
+
+    def metrics(self, label_names: list[str]) -> dict:
+        return classification_metrics(self.loss, self.confusion, label_names)
+
+
+class Evaluator:
+    """Loss and confusion matrix over a split, sharded over every replica."""
+
+    def __init__(self, dist: Distribution, model: keras.Model, num_classes: int, global_batch: int,
+                 by_length: bool = False):
+        self.dist, self.model, self.num_classes, self.global_batch = dist, model, num_classes, global_batch
+        self.by_length = by_length  # batches sorted by length and cut to their longest row
+
+        @tf.function(reduce_retracing=True)  # by_length: one trace for every batch length
+        def step(batch):
+            return dist.reduce_sum(dist.run(self._replica_step, args=batch))
+
+        self._step = step
+
+    def _replica_step(self, tokens, labels, weights):
+        probabilities = self.model(tokens, training=False)
+        losses = per_example_loss(labels, probabilities, self.num_classes)
+        predicted = predicted_class(probabilities, self.num_classes)
+        confusion = tf.math.confusion_matrix(labels, predicted, self.num_classes, weights=weights, dtype=tf.float32)
+        # Padding rows are all-zero tokens: mean pooling over an empty mask gives NaN, and NaN * 0 is NaN.
+        return tf.reduce_sum(tf.where(weights > 0, losses * weights, 0.0)), confusion
+
+    def evaluate(self, split: TokenizedSplit) -> EvaluationResult:
+        """Every example of `split` counted exactly once (padding has weight 0)."""
+        loss_sum, confusion = 0.0, np.zeros((self.num_classes, self.num_classes))
+        batches = self.dist.distribute_dataset(
+            lambda shard: evaluation_batches(split, self.global_batch, shard, self.by_length)
+        )
+        for batch in batches:
+            batch_loss, batch_confusion = self._step(batch)
+            loss_sum += float(batch_loss)
+            confusion += batch_confusion.numpy()
+        confusion = np.rint(confusion).astype(np.int64)
+        return EvaluationResult(loss_sum / max(int(confusion.sum()), 1), confusion)
+
+
+class ClassificationTask:
+    """Per-example cross-entropy of a classifier, summed over the global batch."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+    def replica_loss(self, model, batch, global_batch, dist):
+        tokens, labels, weights = batch
+        probabilities = model(tokens, training=True)
+        losses = per_example_loss(labels, probabilities, self.num_classes)
+        correct = tf.cast(tf.equal(predicted_class(probabilities, self.num_classes), labels), tf.float32)
+        real = tf.cast(weights > 0, tf.float32)
+        stats = tf.stack([tf.reduce_sum(losses * weights), tf.reduce_sum(correct * real), tf.reduce_sum(real)])
+        return tf.reduce_sum(losses * weights) / global_batch, stats
+
+    def progress(self, totals):
+        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / max(totals[2], 1)}
+
+    def evaluator(self, dist, model, global_batch, by_length=False):
+        return Evaluator(dist, model, self.num_classes, global_batch, by_length)
+
+    def epoch_logs(self, totals, result, seconds):
+        return {
+            "loss": totals[0] / totals[2],
+            "accuracy": totals[1] / totals[2],
+            "val_loss": result.loss,
+            "val_accuracy": result.accuracy,
+            "val_macro_f1": macro_f1(result.confusion),
+        }
