@@ -37,7 +37,7 @@ def main() -> None:
     if missing:
         sys.exit(f"imdb_ensemble: no model.keras in {', '.join(missing)}; pass finished classifier run dirs.")
 
-    from sentiment_dist.predict import load_predictor
+    from sentiment_dist.jobs.serving import load_predictor
 
     data = load_split(str(imdb_csv()), args.max_rows)
     texts, labels = [str(text) for text in data.test.texts], data.test.labels

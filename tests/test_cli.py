@@ -76,7 +76,7 @@ def test_predicting_in_batches_by_length_gives_what_the_saved_model_gives(traine
     import tensorflow as tf
 
     from sentiment_dist.jobs.rundir import RunDir
-    from sentiment_dist.predict import load_predictor
+    from sentiment_dist.jobs.serving import load_predictor
 
     texts = [" ".join([SAMPLE[i % 3]] * (1 + i % 7)) for i in range(37)]  # 7 to 70 words, mixed
     predict, _ = load_predictor(str(trained), batch_size=8)

@@ -1,0 +1,151 @@
+"""Serving a trained model: a predictor over a run dir, an exported SavedModel or a TFLite file,
+and the export that writes those formats (the `predict` and `export` commands' library).
+
+Export writes `<run dir>/export/` (or `--out`):
+- `saved_model/`: a TF SavedModel whose `serving_default` signature takes raw
+  strings (`text`, shape [batch]) and returns `probabilities`: TF Serving ready.
+- with `--tflite`, `model.tflite` (float) and `model_dynamic_range.tflite`
+  (weights quantized to 8 bits). TFLite has no builtin string ops, so these
+  take token ids (`tokens`, shape [1, sequence_length]); `vocabulary.txt`
+  beside them turns text into ids (the predictor does this).
+- `labels.json` and `vocabulary.txt`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from sentiment_dist.runtime.errors import UserError
+
+SAVED_MODEL = "saved_model"
+TFLITE_FILES = {"float": "model.tflite", "dynamic_range": "model_dynamic_range.tflite"}
+
+
+def export_run(run_dir: str, out: str, tflite: bool) -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    from sentiment_dist.jobs.rundir import RunDir
+
+    run = RunDir(run_dir).load_classifier()
+    model = run.model
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def serve(text):
+        return {"probabilities": model(text[:, None], training=False)}
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)  # renamed into place when complete
+    try:
+        module = tf.Module()
+        module.model = model
+        tf.saved_model.save(module, os.path.join(staging, SAVED_MODEL), signatures={"serving_default": serve})
+        written = {"saved_model": os.path.join(out, SAVED_MODEL)}
+        if tflite:
+            classifier = run.classifier
+            length = run.config.model.sequence_length  # TFLite wants a fixed shape: the vectorizer's
+            tokens = keras.Input(batch_shape=(1, length), dtype="int32", name="tokens")
+            converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(tokens, classifier(tokens)))
+            for kind, name in TFLITE_FILES.items():
+                converter.optimizations = [tf.lite.Optimize.DEFAULT] if kind == "dynamic_range" else []
+                with open(os.path.join(staging, name), "wb") as handle:
+                    handle.write(converter.convert())
+                written[f"tflite_{kind}"] = os.path.join(out, name)
+        for name in (RunDir.LABELS, RunDir.VOCABULARY):
+            shutil.copy(os.path.join(run_dir, name), staging)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return written
+
+
+def label_rows(probabilities, label_names: list[str]) -> list[tuple[str, float]]:
+    """(label, probability of that label) per row; binary models output P(class 1)."""
+    rows = []
+    for row in probabilities:
+        if len(label_names) == 2:
+            positive = float(row[0])
+            rows.append((label_names[1], positive) if positive >= 0.5 else (label_names[0], 1.0 - positive))
+        else:
+            best = int(row.argmax())
+            rows.append((label_names[best], float(row[best])))
+    return rows
+
+
+def _read_labels(directory: str) -> list[str]:
+    from sentiment_dist.jobs.rundir import RunDir
+
+    path = os.path.join(directory, RunDir.LABELS)
+    if not os.path.isfile(path):
+        raise UserError(f"{path} is missing; export the model with sentiment-export.")
+    return RunDir(directory).read_labels()
+
+
+def load_predictor(path: str, batch_size: int):
+    """(texts -> probabilities, label names) for a run dir, SavedModel or TFLite file."""
+    import numpy as np
+    import tensorflow as tf
+
+    def batched(fn):
+        def predict(texts: list[str]):
+            return np.concatenate([fn(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+
+        return predict
+
+    if path.endswith(".tflite"):
+        if not os.path.isfile(path):
+            raise UserError(f"{path} does not exist; write it with sentiment-export RUN_DIR --tflite.")
+        from sentiment_dist.data.pipeline import make_vectorizer
+        from sentiment_dist.jobs.rundir import RunDir
+
+        directory = os.path.dirname(os.path.abspath(path))
+        interpreter = tf.lite.Interpreter(model_path=path)
+        runner = interpreter.get_signature_runner()
+        (input_name,) = runner.get_input_details()
+        length = int(runner.get_input_details()[input_name]["shape"][1])
+        vectorizer = make_vectorizer(length, RunDir(directory).read_vocabulary())
+
+        def predict_tflite(texts):  # the TFLite model takes one row of token ids
+            tokens = vectorizer(tf.constant(texts)).numpy().astype(np.int32)
+            return np.concatenate([next(iter(runner(**{input_name: row[None]}).values())) for row in tokens])
+
+        return predict_tflite, _read_labels(directory)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        serve = tf.saved_model.load(path).signatures["serving_default"]
+        directory = os.path.dirname(os.path.abspath(path))
+        return batched(lambda texts: serve(text=tf.constant(texts))["probabilities"].numpy()), _read_labels(directory)
+    from sentiment_dist.jobs.rundir import RunDir
+
+    run = RunDir(path).load_classifier()
+    if run.classifier.input_shape[1] is not None:  # saved before classifiers took any length
+        return batched(lambda texts: run.model(tf.constant(texts)[:, None], training=False).numpy()), run.label_names
+    return _by_length(run, batch_size), run.label_names
+
+
+def _by_length(run, batch_size: int):
+    """texts -> probabilities, as `run.model` scores them, in batches of similar lengths cut to
+    their longest text: at 800 tokens most of each padded row is padding, which is masked anyway."""
+    import numpy as np
+    import tensorflow as tf
+
+    from sentiment_dist.data.pipeline import longest_first, token_counts, vectorize
+
+    score = tf.function(lambda tokens: run.classifier(tokens, training=False), reduce_retracing=True)
+
+    def predict(texts: list[str]):
+        tokens = vectorize(run.vectorizer, np.asarray(texts, dtype=object))
+        order = longest_first(tokens)
+        probabilities = np.empty((len(texts), run.classifier.output_shape[-1]), np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]  # its first row is its longest
+            longest = max(int(token_counts(tokens[rows[:1]])[0]), 1)
+            probabilities[rows] = score(tokens[rows, :longest]).numpy()
+        return probabilities
+
+    return predict
