@@ -159,20 +159,30 @@ def save_bar_chart(name: str, labels: list[str], values: list[float], ylabel: st
 
 
 def run_cli(label: str, command: list[str], run_dir: Path, env: dict | None = None,
-            timeout: float | None = None, result_file: str = "metrics.json") -> dict:
+            timeout: float | None = None, result_file: str = "metrics.json", reuse: bool = False) -> dict:
     """Run one training command (its output to `<run_dir>.log`); read the run dir it wrote.
 
     Returns `{"status": "ok", "metrics": <result_file>, "history": ..., "wall_seconds": ...}`, or
     `{"status": "failed", "reason": <last lines of its output>}`: one failed
-    configuration must not lose the others' numbers.
+    configuration must not lose the others' numbers. With `reuse`, a finished run dir is read
+    as it is (its wall time from the previous attempt) and an unfinished one resumed from its
+    checkpoints; otherwise the run starts afresh.
     """
-    shutil.rmtree(run_dir, ignore_errors=True)  # a leftover checkpoint would be resumed
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = run_dir.with_suffix(".log")
+    timing = run_dir.with_suffix(".seconds")
+    if reuse and (run_dir / result_file).exists():
+        print(f"[{label}] reusing {run_dir}", flush=True)
+        return {"status": "ok", "metrics": json.loads((run_dir / result_file).read_text()),
+                "history": json.loads(h.read_text()) if (h := run_dir / "history.json").exists() else None,
+                "wall_seconds": float(timing.read_text()) if timing.exists() else None, "log": str(log_path),
+                "reused": True}
+    if not reuse:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a leftover checkpoint would be resumed
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     print(f"[{label}] {shlex.join(command)}", flush=True)
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     started = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
+    with open(log_path, "a" if reuse else "w", encoding="utf-8") as log:
         try:
             code = subprocess.run(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT,
                                   timeout=timeout).returncode
@@ -187,6 +197,7 @@ def run_cli(label: str, command: list[str], run_dir: Path, env: dict | None = No
         print(f"[{label}] FAILED ({reason}) after {wall:.0f} s; log: {log_path}", flush=True)
         return {"status": "failed", "reason": reason, "log_tail": tail, "log": str(log_path)}
     print(f"[{label}] done in {wall:.0f} s", flush=True)
+    timing.write_text(f"{wall:.1f}\n")  # the wall time of this (last) attempt, for reuse
     return {
         "status": "ok",
         "metrics": json.loads(metrics_path.read_text()),

@@ -43,7 +43,7 @@ def main() -> None:
     texts, labels = [str(text) for text in data.test.texts], data.test.labels
     rows, probabilities = [], []
     for run in runs:
-        predict, label_names = load_predictor(str(run), args.batch_size)
+        predict, label_names, _ = load_predictor(str(run), args.batch_size)
         if label_names != data.label_names:
             sys.exit(f"imdb_ensemble: {run} predicts {label_names}, the IMDB split has {data.label_names}; "
                      "pass runs trained on dataset=imdb.")

@@ -29,7 +29,8 @@ import sys
 
 from imdb_data import RESULTS_DIR, RUNS_DIR, imdb_csv, run_cli, write_results
 
-METHODS = ("source_as_is", "tfidf_logreg", "scratch", "finetune_frozen", "finetune_full", "finetune_gradual")
+METHODS = ("source_as_is", "source_tfidf", "source_plus_target_tfidf", "target_tfidf", "scratch", "finetune_frozen",
+           "finetune_full", "finetune_gradual")
 
 
 def source_run(args) -> str:
@@ -73,7 +74,7 @@ def by_size(summary: list[dict]) -> list[dict]:
     for size in sorted({row["n"] for row in summary}):
         cells = {row["method"]: row for row in summary if row["n"] == size}
         row = {"n": size, **{m: cells[m]["accuracy"] for m in methods if m in cells}}
-        baselines = [row[m] for m in ("scratch", "tfidf_logreg") if m in row]
+        baselines = [row[m] for m in ("scratch", "target_tfidf", "source_tfidf", "source_plus_target_tfidf") if m in row]
         for gain, prefix in (("gain", "finetune_"), ("lm_gain", "lm_finetune_")):
             tuned = [row[m] for m in methods if m.startswith(prefix) and m in row]
             if tuned and baselines:

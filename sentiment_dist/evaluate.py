@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> dict:
         )
     test = tokenize_split(run.vectorizer, data.test.texts, data.test.labels)
     evaluator = Evaluator(dist, run.classifier, len(run.label_names), cfg.batch_size * dist.num_replicas)
-    metrics = evaluator.evaluate(test).metrics(run.label_names)
+    metrics = evaluator.evaluate(test, run.threshold).metrics(run.label_names)
     if dist.is_chief:
         out = RunDir(run_dir())
         out.write_metrics({"run_dir": os.path.abspath(cfg.run_dir), "dataset": dataset_cfg.name, "test": metrics})

@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     texts = read_texts(args)
     if not texts:
         raise UserError("no text to classify; pass texts as arguments, --file, or lines on stdin.")
-    predict, label_names = load_predictor(args.model, args.batch_size)
-    for text, (label, probability) in zip(texts, label_rows(predict(texts), label_names), strict=True):
+    predict, label_names, threshold = load_predictor(args.model, args.batch_size)
+    for text, (label, probability) in zip(texts, label_rows(predict(texts), label_names, threshold), strict=True):
         print(f"{label}\t{probability:.4f}\t{text}")
 
 

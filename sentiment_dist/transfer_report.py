@@ -22,19 +22,21 @@ def main(cfg: DictConfig) -> list[dict]:
     from sentiment_dist.jobs import tracking
     from sentiment_dist.jobs.job import start, tracked
     from sentiment_dist.jobs.recipes import adapted_language_model, source_classifier
-    from sentiment_dist.jobs.report import Report
+    from sentiment_dist.jobs.report import Report, check_samples
 
     if cfg.strategy.name != "single":
         raise UserError("the transfer report runs in one process; use strategy=single (fine-tune itself runs under any strategy).")
     job = start(cfg)
+    data = load_dataset(cfg.dataset)
+    check_samples(cfg, data)  # before the source (and language models) train
     source = source_classifier(job, cfg.logger.get("group"))
-    report = Report(cfg, job.dist, source, load_dataset(cfg.dataset))
+    report = Report(cfg, job.dist, source, data, job.run)
     group = cfg.logger.get("group") or tracking.source_group(source.directory)
     if cfg.report.lm_schedules:  # the general LM reads the source run's own corpus, with its architecture
         report.use_language_model(adapted_language_model(job, source.config.dataset, source.config.model, group))
     summary = report.run()
-    report.write(job.run)
-    return tracked(job, "transfer_report", lambda tracker: tracker.log_report(summary, job.run.path) or summary,
+    written = report.write(job.run)
+    return tracked(job, "transfer_report", lambda tracker: tracker.log_report(summary, job.run.path) or written,
                    group=tracking.source_group(source.directory))
 
 

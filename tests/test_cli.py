@@ -79,7 +79,7 @@ def test_predicting_in_batches_by_length_gives_what_the_saved_model_gives(traine
     from sentiment_dist.jobs.serving import load_predictor
 
     texts = [" ".join([SAMPLE[i % 3]] * (1 + i % 7)) for i in range(37)]  # 7 to 70 words, mixed
-    predict, _ = load_predictor(str(trained), batch_size=8)
+    predict, _, _ = load_predictor(str(trained), batch_size=8)
     expected = RunDir(str(trained)).load_classifier().model(tf.constant(texts)[:, None], training=False).numpy()
     np.testing.assert_allclose(predict(texts), expected, rtol=0, atol=1e-5)
 

@@ -55,6 +55,8 @@ def single_run(tmp_path_factory):
 def assert_same_weights(reference, other, tolerance=2e-5):
     a, b = weights(reference), weights(other)
     assert a.keys() == b.keys()
+    shapes = {k: (a[k].shape, b[k].shape) for k in a if a[k].shape != b[k].shape}
+    assert not shapes, f"weights differ in shape (another vocabulary): {shapes}"
     worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
     moved = max(float(np.max(np.abs(a[k]))) for k in a)
     assert moved > 0.01
@@ -83,7 +85,16 @@ def test_horovod_matches_single_device(single_run, tmp_path, horovod_available):
 VARIANTS = {
     "weight_average": ["trainer.ema_momentum=0.9"],  # saved: the moving average, updated in apply_gradients
     "batch_by_length": ["trainer.batch_by_length=true"],  # sortish global batches, cut before being split
+    # a multi-domain source: two datasets drawn 1:3, one oversampled, once, the same on every rank
+    "mixture": ["dataset=synthetic_mixture", "dataset.size=256", "dataset.sources.ecommerce.weight=3",
+                "dataset.sources.ecommerce.dataset.num_train=128"],
 }
+
+
+def common(variant: str) -> list[str]:
+    """COMMON with the variant's options (a mixture has no num_train of its own)."""
+    base = [arg for arg in COMMON if not (variant == "mixture" and arg.startswith("dataset.num_train"))]
+    return [*base, *VARIANTS[variant]]
 HALF_BATCH_LAUNCHES = {
     "mirrored": lambda *args: module("train", *args, "strategy=mirrored", "strategy.cpu_devices=2"),
     "multiworker": lambda *args: multiworker(2) + module("train", *args, "strategy=multiworker"),
@@ -98,7 +109,7 @@ def single_variant_runs(tmp_path_factory):
     def get(variant: str):
         if variant not in runs:
             out = tmp_path_factory.mktemp(f"single_{variant}")
-            run(module("train", *COMMON, *VARIANTS[variant], f"trainer.batch_size={GLOBAL_BATCH}",
+            run(module("train", *common(variant), f"trainer.batch_size={GLOBAL_BATCH}",
                        f"hydra.run.dir={out}/run"), cwd=out)
             runs[variant] = out / "run"
         return runs[variant]
@@ -112,9 +123,9 @@ def test_training_options_match_single_device(single_variant_runs, single_run, v
     if strategy == "horovod":
         request.getfixturevalue("horovod_available")
     half = f"trainer.batch_size={GLOBAL_BATCH // 2}"
-    run(HALF_BATCH_LAUNCHES[strategy](*COMMON, *VARIANTS[variant], half, f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
+    run(HALF_BATCH_LAUNCHES[strategy](*common(variant), half, f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
     assert_same_weights(single_variant_runs(variant), tmp_path / "run")
-    with pytest.raises(AssertionError, match="weights differ"):  # the option changed the model
+    with pytest.raises(AssertionError, match="weights differ"):  # the option changed the model (or its data)
         assert_same_weights(single_run, tmp_path / "run")
 
 

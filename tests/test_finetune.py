@@ -176,16 +176,30 @@ def test_main_job_under_horovod_trains_the_source_then_fine_tunes(tmp_path, horo
     assert metrics["test_before_training"]["examples"] == 512  # scored once, over every rank's shard
 
 
-def test_transfer_report_compares_every_method_at_every_size(source_run, tmp_path):
-    run(module("transfer_report", "debug=tiny", "trainer.verbose=false", f"finetune.source={source_run}", "report.sizes=[64,all]",
-               "report.schedules=[gradual]", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
+def test_transfer_report_compares_every_method_at_every_size_and_resumes(source_run, tmp_path):
+    command = module("transfer_report", "debug=tiny", "trainer.verbose=false", f"finetune.source={source_run}",
+                     "report.sizes=[64,all]", "report.schedules=[gradual]", "report.lm_schedules=[gradual]",
+                     f"hydra.run.dir={tmp_path}/run")
+    run(command, cwd=tmp_path)
     report = read_json(tmp_path / "run" / "transfer_report.json")
     methods = {(row["method"], row["n"]) for row in report["summary"]}
-    methods_run = ("source_as_is", "scratch", "tfidf_logreg", "finetune_gradual", "lm_finetune_gradual")
-    assert methods == {(m, n) for m in methods_run for n in (64, 512)}
+    methods_run = ("source_as_is", "source_tfidf", "source_plus_target_tfidf", "target_tfidf", "scratch",
+                   "finetune_gradual", "finetune_gradual+threshold", "lm_finetune_gradual")
+    assert methods == {(m, n) for m in methods_run for n in (64, 512)} - {("finetune_gradual+threshold", 512)}
     assert (tmp_path / "run" / "lm_target" / "language_model.weights.h5").exists()  # adapted to the target's text
     assert all(0 <= row["accuracy"] <= 1 and row["repeats"] >= 1 for row in report["summary"])
+    assert report["headline"] == "accuracy" and not report["imbalanced"]  # synthetic classes are balanced
+    assert [v["n"] for v in report["verdicts"]] == [64, 512]
+    for verdict in report["verdicts"]:
+        assert verdict["best_baseline"] in ("source_as_is", "source_tfidf", "source_plus_target_tfidf", "target_tfidf", "scratch")
+        assert ("wins" in verdict["sentence"]) == verdict["finetune_wins"]
     assert (tmp_path / "run" / "transfer_report.png").stat().st_size > 10_000
+    # Killed or not, a rerun in the same run dir finishes only what is missing: here, nothing.
+    points = (tmp_path / "run" / "transfer_report_points.jsonl").read_text()
+    result = run(command, cwd=tmp_path)
+    assert "Resuming the transfer report" in result.stdout + result.stderr
+    assert (tmp_path / "run" / "transfer_report_points.jsonl").read_text() == points
+    assert read_json(tmp_path / "run" / "transfer_report.json")["summary"] == report["summary"]
 
 
 def test_multi_optimizer_cannot_freeze_a_group():

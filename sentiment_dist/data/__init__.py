@@ -18,6 +18,10 @@ def load_dataset(cfg: DictConfig, labels: bool = True) -> LabeledData:
     `labels=False`: only the texts are wanted (language-model pretraining),
     so unlabelled text (`source: text`) is accepted too."""
     source = cfg.get("source")
+    if source == "mixture":  # labels or not is the mixture's to pass on to its sources
+        from sentiment_dist.data.mixture import load_mixture
+
+        return load_mixture(cfg, labels)
     if source == "text" and labels:
         raise UserError(
             f"dataset={cfg.get('name')} is unlabelled text, which only language-model pretraining can use; "
@@ -34,4 +38,5 @@ LOADERS = {
     "files": ("files", "load_files"),
     "imdb": ("imdb", "load_imdb"),
     "text": ("text", "load_text"),
+    "mixture": ("mixture", "load_mixture"),
 }

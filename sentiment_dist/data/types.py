@@ -32,7 +32,8 @@ class LabeledData:
     """Train / validation / test splits of one source with its class names.
 
     `label_names[i]` names class `i`. `stats` records what loading dropped
-    (empty rows, ratings outside every class, ...) so it can be logged.
+    (empty rows, ratings outside every class, ...) so it can be logged; a
+    mixture records each source's examples and share in `sources`.
     """
 
     train: Split
@@ -40,6 +41,7 @@ class LabeledData:
     test: Split
     label_names: list[str]
     stats: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, dict] = field(default_factory=dict)  # a mixture's sources: sizes and shares
 
     @property
     def num_classes(self) -> int:

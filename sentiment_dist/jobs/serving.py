@@ -65,30 +65,31 @@ def export_run(run_dir: str, out: str, tflite: bool) -> dict[str, str]:
     return written
 
 
-def label_rows(probabilities, label_names: list[str]) -> list[tuple[str, float]]:
-    """(label, probability of that label) per row; binary models output P(class 1)."""
+def label_rows(probabilities, label_names: list[str], threshold: float = 0.5) -> list[tuple[str, float]]:
+    """(label, probability of that label) per row; binary models output P(class 1), positive
+    from the run's decision threshold."""
     rows = []
     for row in probabilities:
         if len(label_names) == 2:
             positive = float(row[0])
-            rows.append((label_names[1], positive) if positive >= 0.5 else (label_names[0], 1.0 - positive))
+            rows.append((label_names[1], positive) if positive >= threshold else (label_names[0], 1.0 - positive))
         else:
             best = int(row.argmax())
             rows.append((label_names[best], float(row[best])))
     return rows
 
 
-def _read_labels(directory: str) -> list[str]:
+def _read_labels(directory: str) -> tuple[list[str], float]:
     from sentiment_dist.jobs.rundir import RunDir
 
     path = os.path.join(directory, RunDir.LABELS)
     if not os.path.isfile(path):
         raise UserError(f"{path} is missing; export the model with sentiment-export.")
-    return RunDir(directory).read_labels()
+    return RunDir(directory).read_labels(), RunDir(directory).read_threshold()
 
 
 def load_predictor(path: str, batch_size: int):
-    """(texts -> probabilities, label names) for a run dir, SavedModel or TFLite file."""
+    """(texts -> probabilities, label names, decision threshold) for a run dir, SavedModel or TFLite file."""
     import numpy as np
     import tensorflow as tf
 
@@ -115,17 +116,17 @@ def load_predictor(path: str, batch_size: int):
             tokens = vectorizer(tf.constant(texts)).numpy().astype(np.int32)
             return np.concatenate([next(iter(runner(**{input_name: row[None]}).values())) for row in tokens])
 
-        return predict_tflite, _read_labels(directory)
+        return (predict_tflite, *_read_labels(directory))
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         serve = tf.saved_model.load(path).signatures["serving_default"]
         directory = os.path.dirname(os.path.abspath(path))
-        return batched(lambda texts: serve(text=tf.constant(texts))["probabilities"].numpy()), _read_labels(directory)
+        return (batched(lambda texts: serve(text=tf.constant(texts))["probabilities"].numpy()), *_read_labels(directory))
     from sentiment_dist.jobs.rundir import RunDir
 
     run = RunDir(path).load_classifier()
     if run.classifier.input_shape[1] is not None:  # saved before classifiers took any length
-        return batched(lambda texts: run.model(tf.constant(texts)[:, None], training=False).numpy()), run.label_names
-    return _by_length(run, batch_size), run.label_names
+        return batched(lambda texts: run.model(tf.constant(texts)[:, None], training=False).numpy()), run.label_names, run.threshold
+    return _by_length(run, batch_size), run.label_names, run.threshold
 
 
 def _by_length(run, batch_size: int):

@@ -215,9 +215,10 @@ def per_example_loss(labels, probabilities, num_classes: int):
     return keras.losses.sparse_categorical_crossentropy(labels, probabilities)
 
 
-def predicted_class(probabilities, num_classes: int):
+def predicted_class(probabilities, num_classes: int, threshold=0.5):
+    """The class of each row: for two classes, positive when P(positive) >= `threshold`."""
     if num_classes == 2:
-        return keras.ops.cast(probabilities[:, 0] >= 0.5, "int32")
+        return keras.ops.cast(probabilities[:, 0] >= threshold, "int32")
     return keras.ops.cast(keras.ops.argmax(probabilities, axis=-1), "int32")
 
 

@@ -13,11 +13,16 @@ from sentiment_dist.models.classifier import per_example_loss, predicted_class
 from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.training.metrics import accuracy, classification_metrics, macro_f1
 
+# Binary classifiers: P(positive) is histogrammed in this many bins per true class to choose
+# the decision threshold on validation (sums reduce over replicas; 0.01 apart is fine enough).
+THRESHOLD_BINS = 100
+
 
 @dataclass
 class EvaluationResult:
     loss: float
     confusion: np.ndarray  # [true, predicted], counts of real examples
+    scores: np.ndarray | None = None  # binary: [true class, bin of P(positive)] counts
 
     @property
     def count(self) -> int:
@@ -40,31 +45,41 @@ class Evaluator:
         self.by_length = by_length  # batches sorted by length and cut to their longest row
 
         @tf.function(reduce_retracing=True)  # by_length: one trace for every batch length
-        def step(batch):
-            return dist.reduce_sum(dist.run(self._replica_step, args=batch))
+        def step(batch, threshold):
+            return dist.reduce_sum(dist.run(self._replica_step, args=(*batch, threshold)))
 
         self._step = step
 
-    def _replica_step(self, tokens, labels, weights):
+    def _replica_step(self, tokens, labels, weights, threshold):
         probabilities = self.model(tokens, training=False)
         losses = per_example_loss(labels, probabilities, self.num_classes)
-        predicted = predicted_class(probabilities, self.num_classes)
+        predicted = predicted_class(probabilities, self.num_classes, threshold)
         confusion = tf.math.confusion_matrix(labels, predicted, self.num_classes, weights=weights, dtype=tf.float32)
+        if self.num_classes == 2:
+            bins = tf.clip_by_value(tf.cast(probabilities[:, 0] * THRESHOLD_BINS, tf.int32), 0, THRESHOLD_BINS - 1)
+            cells = labels * THRESHOLD_BINS + bins
+            scores = tf.reshape(tf.math.bincount(cells, weights, minlength=2 * THRESHOLD_BINS,
+                                                 maxlength=2 * THRESHOLD_BINS, dtype=tf.float32), (2, THRESHOLD_BINS))
+        else:
+            scores = tf.zeros((2, THRESHOLD_BINS))
         # Padding rows are all-zero tokens: mean pooling over an empty mask gives NaN, and NaN * 0 is NaN.
-        return tf.reduce_sum(tf.where(weights > 0, losses * weights, 0.0)), confusion
+        return tf.reduce_sum(tf.where(weights > 0, losses * weights, 0.0)), confusion, scores
 
-    def evaluate(self, split: TokenizedSplit) -> EvaluationResult:
-        """Every example of `split` counted exactly once (padding has weight 0)."""
-        loss_sum, confusion = 0.0, np.zeros((self.num_classes, self.num_classes))
+    def evaluate(self, split: TokenizedSplit, threshold: float = 0.5) -> EvaluationResult:
+        """Every example of `split` counted exactly once (padding has weight 0); a binary
+        classifier says positive when P(positive) >= `threshold`."""
+        loss_sum, confusion, scores = 0.0, np.zeros((self.num_classes, self.num_classes)), np.zeros((2, THRESHOLD_BINS))
         batches = self.dist.distribute_dataset(
             lambda shard: evaluation_batches(split, self.global_batch, shard, self.by_length)
         )
         for batch in batches:
-            batch_loss, batch_confusion = self._step(batch)
+            batch_loss, batch_confusion, batch_scores = self._step(batch, tf.constant(threshold, tf.float32))
             loss_sum += float(batch_loss)
             confusion += batch_confusion.numpy()
+            scores += batch_scores.numpy()
         confusion = np.rint(confusion).astype(np.int64)
-        return EvaluationResult(loss_sum / max(int(confusion.sum()), 1), confusion)
+        binary = np.rint(scores).astype(np.int64) if self.num_classes == 2 else None
+        return EvaluationResult(loss_sum / max(int(confusion.sum()), 1), confusion, binary)
 
 
 class ClassificationTask:

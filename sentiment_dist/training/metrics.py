@@ -46,3 +46,22 @@ def classification_metrics(loss: float, confusion: np.ndarray, label_names: list
         "confusion_matrix": confusion.tolist(),
         "label_names": list(label_names),
     }
+
+
+def best_threshold(scores: np.ndarray) -> tuple[float, float]:
+    """The decision threshold on P(positive) that maximises macro-F1, from `[true class, bin]`
+    counts of a held-out split's scores (bin b holds P in [b/B, (b+1)/B)), and that macro-F1.
+
+    Ties go to the threshold nearest 0.5: with few validation examples a wide plateau of equal
+    scores is common, and its middle generalises no better than the usual 0.5."""
+    bins = scores.shape[1]
+    # Positive when P >= t: predicted positive are the examples in bins >= t * B.
+    positive_at = np.cumsum(scores[:, ::-1], axis=1)[:, ::-1]  # [class, bin]: examples scored in that bin or above
+    candidates = []
+    for cut in range(1, bins):
+        true_positive, false_positive = positive_at[1, cut], positive_at[0, cut]
+        false_negative, true_negative = scores[1].sum() - true_positive, scores[0].sum() - false_positive
+        confusion = np.array([[true_negative, false_positive], [false_negative, true_positive]])
+        candidates.append((macro_f1(confusion), -abs(cut / bins - 0.5), cut / bins))
+    score, _, threshold = max(candidates)
+    return float(threshold), float(score)
