@@ -30,7 +30,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sentiment_dist.config import schema
+from sentiment_dist.config import schema, search
 from sentiment_dist.runtime.errors import EXIT_USER_ERROR, UserError
 from sentiment_dist.runtime.launch import is_launch_chief, launch_rank
 
@@ -71,13 +71,16 @@ def _writable_run_dir(path: str) -> str:
 def register_resolvers() -> None:
     """`sd_run_dir`: the given dir on the chief (created and checked), a scratch dir on other ranks;
     `sd_chief_only`: the value on the chief, null elsewhere; `sd_chief_file`: the path on the chief,
-    the null device elsewhere (the log file)."""
+    the null device elsewhere (the log file); `sd_mkdir`: the directory, created."""
     if not OmegaConf.has_resolver("sd_run_dir"):
         OmegaConf.register_new_resolver(
             "sd_run_dir", lambda path: _writable_run_dir(path) if is_launch_chief() else _scratch_dir()
         )
         OmegaConf.register_new_resolver("sd_chief_only", lambda value: value if is_launch_chief() else None)
         OmegaConf.register_new_resolver("sd_chief_file", lambda path: path if is_launch_chief() else os.devnull)
+    if not OmegaConf.has_resolver("sd_mkdir"):
+        # Optuna opens its SQLite storage before any trial has created a directory.
+        OmegaConf.register_new_resolver("sd_mkdir", lambda path: os.makedirs(path, exist_ok=True) or path)
 
 
 def run_dir() -> str:
@@ -116,13 +119,25 @@ def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
             # exit through the cleanup below instead of dying mid-way.
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
             finished = False
+            # A trial of an Optuna sweep returns its objective, and bad input fails that trial only.
+            trial = search.optuna_trial()
             try:
                 schema.check_ranges(cfg)
-                result = task(cfg)
-                finished = True
-                return result
+                if trial and OmegaConf.select(cfg, "search.trial_launcher"):
+                    result = search.run_trial_job(cfg, directory)
+                else:
+                    result = task(cfg)
+                finished = result is not None  # None: a trial's own job refused its input
+                return search.objective(cfg, result) if trial else result
             except UserError as err:
-                fail(str(err))
+                if not trial:
+                    fail(str(err))
+                search.trial_failed(str(err))
+                return None
+            except Exception:
+                if trial:  # the sweeper keeps only the message; the traceback is what finds the bug
+                    log.exception("Trial failed:")
+                raise
             finally:
                 if not is_launch_chief():
                     # Only ever the scratch dir: with hydra.run.dir=... set by
@@ -130,7 +145,8 @@ def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
                     if directory == _scratch_dir():
                         shutil.rmtree(directory, ignore_errors=True)
                 elif not finished and _is_disposable(directory):
-                    _remove_run_dir(directory)
+                    # A trial goes alone: its sweep dir holds the others and the sweep's results.
+                    shutil.rmtree(directory, ignore_errors=True) if trial else _remove_run_dir(directory)
 
         @functools.wraps(task)
         def main() -> None:

@@ -155,6 +155,15 @@ class Communication(StrEnum):
     nccl = "nccl"
 
 
+class Objective(StrEnum):
+    """What a hyper-parameter sweep optimises: a metric of the validation split, never the test set's."""
+
+    val_macro_f1 = "val_macro_f1"
+    val_accuracy = "val_accuracy"
+    val_loss = "val_loss"
+    val_perplexity = "val_perplexity"  # pretrain
+
+
 class WandbMode(StrEnum):
     online = "online"
     offline = "offline"
@@ -284,6 +293,17 @@ class WandbConfig(LoggerConfig):
 @dataclass
 class PathsConfig:
     log_dir: str = "outputs"
+
+
+@dataclass
+class SearchConfig:
+    """A run as a trial of a hyper-parameter sweep (`-m hparams_search=...`, sentiment_dist/config/search.py).
+
+    `trial_launcher` starts each trial as its own multi-process job (the command's words before
+    `python -m ...`, e.g. `[horovodrun, -np, "2", -H, "localhost:2"]`): only a sweep uses it."""
+
+    objective: Objective = Objective.val_macro_f1
+    trial_launcher: list[str] | None = None
 
 
 @dataclass
@@ -423,6 +443,7 @@ class TrainTask(TaskConfig):
     model: ModelConfig = MISSING
     trainer: TrainerConfig = MISSING
     init: Any = MISSING  # InitConfig
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 @dataclass

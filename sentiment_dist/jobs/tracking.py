@@ -17,6 +17,7 @@ import keras
 from omegaconf import DictConfig
 
 from sentiment_dist.config.hydra_task import resolved
+from sentiment_dist.config.search import sweep_member
 from sentiment_dist.jobs.rundir import RunDir
 from sentiment_dist.runtime.errors import UserError
 
@@ -214,15 +215,18 @@ def start(cfg: DictConfig, dist, run_dir: str, job_type: str, group: str | None 
     except ImportError:
         log.warning("wandb is not installed; running without W&B logging.")
         return Tracker()
+    # One sweep (a multirun or an Optuna study) is one group, its trial number and parameters in
+    # the config; it wins over a fine-tune's source group, so a transfer sweep stays together.
+    member = sweep_member()
     settings = dict(
         project=logger.project,
         entity=logger.entity,
-        group=logger.group or group or os.path.basename(os.path.normpath(run_dir)),
+        group=logger.group or (member and member["group"]) or group or os.path.basename(os.path.normpath(run_dir)),
         tags=list(logger.tags or []),
         name=logger.name_,
         notes=logger.notes,
         job_type=job_type,
-        config=resolved(cfg),
+        config={**resolved(cfg), **({"sweep": member} if member else {})},
         dir=run_dir,
     )
     for attempt in (mode, "offline") if mode == "online" else (mode,):
