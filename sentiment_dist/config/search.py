@@ -31,6 +31,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -128,18 +129,29 @@ def run_trial_job(cfg: DictConfig, directory: str) -> dict | None:
         *cfg.search.trial_launcher, sys.executable, "-m", f"sentiment_dist.{hydra.job.config_name}",
         *overrides, "search.trial_launcher=null", f"hydra.run.dir={os.path.abspath(directory)}",
     ]
-    log.info("Trial %d runs as its own job: %s", member["trial"], shlex.join(command))  # type: ignore[index]
-    process = subprocess.Popen(command, env={**os.environ, MEMBER_ENV: json.dumps(member)})
+    number = member["trial"]  # type: ignore[index]
+    log.info("Trial %d runs as its own job: %s", number, shlex.join(command))
+    # horovodrun exits 1 whatever its ranks' codes; the chief also writes its code to this file
+    # (outside the run dir, which a job that refused its input removes).
+    handle, exit_file = tempfile.mkstemp(prefix=f"sentiment-dist-trial-{number}-", suffix=".exit-code")
+    os.close(handle)
+    env = {**os.environ, MEMBER_ENV: json.dumps(member), "SENTIMENT_DIST_EXIT_FILE": exit_file}
+    process = subprocess.Popen(command, env=env)
     try:
         code = process.wait()
+        with open(exit_file, encoding="utf-8") as recorded:
+            code = int(recorded.read().strip() or code) if code != 0 else code
     except BaseException:  # the sweep is stopped: stop the job too
         process.terminate()
         process.wait()
         raise
+    finally:
+        os.remove(exit_file)
     if code == EXIT_USER_ERROR:
+        log.warning("Trial %d failed (its job's error is above): Optuna records it as failed and the sweep goes on.", number)
         return None
     if code != 0:
-        raise RuntimeError(f"trial {member['trial']}'s job exited with code {code}: {shlex.join(command)}")  # type: ignore[index]
+        raise RuntimeError(f"trial {number}'s job exited with code {code}: {shlex.join(command)}")
     from sentiment_dist.jobs.rundir import RunDir  # TensorFlow: only once a job has finished
 
     return RunDir(directory).read_metrics()
