@@ -89,7 +89,6 @@ def test_every_shipped_search_space_composes(hydra_session, task, search):
     ("model.pooling=choice(max,avg)", ["model.pooling=avg", "Invalid value 'avg', expected one of [last, max"]),
     ("model.poling=choice(max,mean)", ["model.poling=max", "Key 'poling' not in 'ModelConfig'"]),
     ("model=choice(lstm,gru)", ["model=gru", "Could not find 'model/gru'"]),
-    ("model.units=choice(32,many)", ["model.units=many", "Value 'many' of type 'str' could not be converted to Integer"]),
     ("trainer.epochs=interval(2,4)", ["trainer.epochs=2.0", "could not be converted to Integer"]),  # int(interval(...))
     ("trainer.learning_rate=tag(log,interval(0,0.1))", ["the search space cannot be read", "must be larger than 0"]),
     ("search.objective=val_loss", ["search.objective=val_loss is better lower; set hydra.sweeper.direction=minimize"]),
@@ -220,11 +219,11 @@ def test_submitit_runs_each_trial_as_its_own_process_in_one_wandb_group(tmp_path
 def test_a_horovod_trial_runs_as_its_own_horovodrun_job(tmp_path, horovod_available):
     env = {**cli_env(HOME=str(tmp_path)), "WANDB_MODE": "offline"}
     launcher = f"search.trial_launcher=[{BIN / 'horovodrun'},-np,2,-H,localhost:2,--gloo]"
-    result = run(module("train", *SEARCH, "logger=wandb", "strategy=horovod", launcher, "hydra.sweeper.n_trials=2",
+    result = run(module("train", *SEARCH, "logger=wandb", "strategy=horovod", launcher, "hydra.sweeper.n_trials=1",
                         "trainer.batch_size=16"), cwd=tmp_path, env=env, timeout=600)
     (sweep_dir,) = sweep_dirs(tmp_path)
     runs = trials(sweep_dir)
-    assert sorted(runs) == [0, 1]
+    assert sorted(runs) == [0]
     for number, run_dir in runs.items():
         environment = read_json(run_dir / "metrics.json")["environment"]
         assert environment["strategy"] == "horovod" and environment["world_size"] == 2
