@@ -19,7 +19,7 @@ CONF = Path(CONFIG_DIR)
 TASKS = ("train", "pretrain", "finetune", "ulmfit", "transfer_report", "evaluate")
 # The group each task composes a group's options under (evaluate has only strategy and dataset).
 TASK_OF_GROUP = {"finetune": "finetune", "lm": "pretrain", "report": "transfer_report"}
-SKIPPED_GROUPS = {"hydra", "experiment", "debug", "debug_task", "base"}
+SKIPPED_GROUPS = {"hydra", "experiment", "debug", "debug_task", "base", "hparams_search"}  # hparams_search: tests/test_search.py
 
 
 def options(group: str) -> list[str]:
