@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -93,3 +94,18 @@ def tiny_model(**overrides):
 
 def tiny_trainer(**overrides):
     return composed("train", *(f"trainer.{k}={'null' if v is None else v}" for k, v in overrides.items())).trainer
+
+
+def session_run(tmp_path_factory, name: str, command: list[str]) -> Path:
+    """The run dir of `command` (given `hydra.run.dir`), run once per test session: the first
+    xdist worker to ask runs it, the others wait for it and share the result."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "run" / "metrics.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            run([*command, f"hydra.run.dir={out / 'run'}"], cwd=out)
+    return out / "run"

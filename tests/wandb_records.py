@@ -77,3 +77,13 @@ def artifacts(records_: list) -> list:
 
 def history_keys(records_: list) -> set[str]:
     return {item.key or "/".join(item.nested_key) for r in records_ if r.WhichOneof("record_type") == "history" for item in r.history.item}
+
+
+def history_values(records_: list, key: str) -> list[float]:
+    """Every value logged for `key`, in order (one per `run.log` that held it)."""
+    return [float(item.value_json) for r in records_ if r.WhichOneof("record_type") == "history"
+            for item in r.history.item if (item.key or "/".join(item.nested_key)) == key]
+
+
+def run_ids(records_: list) -> set[str]:
+    return {r.run.run_id for r in records_ if r.WhichOneof("record_type") == "run"}

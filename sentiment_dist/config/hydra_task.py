@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.config import schema, search
-from sentiment_dist.runtime.errors import EXIT_USER_ERROR, UserError
+from sentiment_dist.runtime.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, Preempted, UserError
 from sentiment_dist.runtime.launch import is_launch_chief, launch_rank
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,35 @@ def fail(message: str) -> NoReturn:
     """One sentence on stderr and exit code 2. SystemExit passes through Hydra's own handler,
     which would print a traceback for any exception (even one raised in a resolver)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
+    record_exit_code(EXIT_USER_ERROR)
     sys.exit(EXIT_USER_ERROR)
+
+
+def record_exit_code(code: int) -> None:
+    """Write `code` to $SENTIMENT_DIST_EXIT_FILE, when a launcher set it: horovodrun exits 1
+    whatever its workers' codes were, so launch/horovodrun.sh reads the job's code from there."""
+    path = os.environ.get("SENTIMENT_DIST_EXIT_FILE")
+    if path:
+        try:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(f"{code}\n")
+        except OSError as err:
+            log.warning("Cannot write the exit code to %s (%s).", path, err)
+
+
+def exit_preempted(stop: Preempted, directory: str) -> NoReturn:
+    """The log line saying where the run resumes from, then exit code 138 at once.
+
+    os._exit: the state is saved and W&B finished; TensorFlow's multi-worker runtime can
+    hang in its teardown after a preemption notice, past the grace period."""
+    if stop.announce:
+        log.warning("Preempted: %s; rerun the same command with hydra.run.dir=%s to continue from there "
+                    "(exit code %d).", stop, os.path.abspath(directory), EXIT_PREEMPTED)
+        record_exit_code(EXIT_PREEMPTED)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_PREEMPTED)
 
 
 def _scratch_dir() -> str:
@@ -88,6 +116,12 @@ def run_dir() -> str:
     return HydraConfig.get().runtime.output_dir
 
 
+def run_dir_given() -> bool:
+    """Whether the command line names the run dir (`hydra.run.dir=...`): then every process,
+    chief or not, knows it from the start."""
+    return any(override.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for override in HydraConfig.get().overrides.hydra)
+
+
 def _is_disposable(directory: str) -> bool:
     """True when `directory` holds nothing to resume or read."""
     if not os.path.isdir(directory):
@@ -118,7 +152,7 @@ def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
             # A launcher stopping this rank (a peer failed) sends SIGTERM:
             # exit through the cleanup below instead of dying mid-way.
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-            finished = False
+            finished, preempted = False, None
             # A trial of an Optuna sweep returns its objective, and bad input fails that trial only.
             trial = search.optuna_trial()
             try:
@@ -129,6 +163,8 @@ def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
                     result = task(cfg)
                 finished = result is not None  # None: a trial's own job refused its input
                 return search.objective(cfg, result) if trial else result
+            except Preempted as stop:  # saved where it stopped: the run dir is kept (it has a checkpoint)
+                preempted = stop
             except UserError as err:
                 if not trial:
                     fail(str(err))
@@ -147,6 +183,8 @@ def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
                 elif not finished and _is_disposable(directory):
                     # A trial goes alone: its sweep dir holds the others and the sweep's results.
                     shutil.rmtree(directory, ignore_errors=True) if trial else _remove_run_dir(directory)
+            if preempted is not None:
+                exit_preempted(preempted, directory)
 
         @functools.wraps(task)
         def main() -> None:

@@ -149,6 +149,10 @@ class ClusterResolver(StrEnum):
     slurm = "slurm"
 
 
+# Functional form: `global` is a keyword, and OmegaConf looks choices up by name.
+ElasticBatch = StrEnum("ElasticBatch", {"global": "global", "per_worker": "per_worker"})
+
+
 class Communication(StrEnum):
     auto = "auto"
     ring = "ring"
@@ -268,8 +272,16 @@ class MirroredConfig(StrategyConfig):
 @dataclass
 class MultiWorkerConfig(StrategyConfig):
     cluster_resolver: ClusterResolver = ClusterResolver.tf_config
-    slurm_port_base: int = between(1024, 65535, 8888)
+    # slurm: worker ports are this + SLURM_JOB_ID % 10000 (+ the task's index on its node)
+    slurm_port_base: int = between(1024, 55535, 15000)
     communication: Communication = Communication.auto
+
+
+@dataclass
+class HorovodConfig(StrategyConfig):
+    elastic: bool = False  # hvd.elastic: workers may leave and join (horovodrun --min-np/--max-np)
+    commit_steps: int = positive(20)  # elastic: commit the state every N steps (a lost worker costs at most N)
+    elastic_batch: ElasticBatch = ElasticBatch["global"]  # elastic: what a change of workers keeps
 
 
 @dataclass
@@ -500,6 +512,7 @@ def register() -> None:
         ("strategy", "schema", StrategyConfig),
         ("strategy", "schema_mirrored", MirroredConfig),
         ("strategy", "schema_multiworker", MultiWorkerConfig),
+        ("strategy", "schema_horovod", HorovodConfig),
         ("logger", "schema", LoggerConfig),
         ("logger", "schema_wandb", WandbConfig),
         ("paths", "schema", PathsConfig),

@@ -149,12 +149,16 @@ def held_out_sample(texts: np.ndarray, limit: int | None, seed: int) -> np.ndarr
 
 
 def _shard(dataset: tf.data.Dataset, global_batch: int, shard: InputShard) -> tf.data.Dataset:
-    """Keep this pipeline's slice of each global batch, in per-replica batches."""
-    per_pipeline = global_batch // shard.num_pipelines
-    start = shard.pipeline_id * per_pipeline
+    """Keep this pipeline's slice of each global batch, in per-replica batches.
+
+    Slices differ by at most one row when the global batch does not divide (an elastic Horovod
+    job that lost a worker keeps its global batch): losses are sums over the global batch, so
+    the step is the same however the rows are split."""
+    begin = shard.pipeline_id * global_batch // shard.num_pipelines
+    end = (shard.pipeline_id + 1) * global_batch // shard.num_pipelines
     if shard.num_pipelines > 1:
         dataset = dataset.map(
-            lambda *columns: tuple(column[start : start + per_pipeline] for column in columns),
+            lambda *columns: tuple(column[begin:end] for column in columns),
             num_parallel_calls=AUTOTUNE,
         )
     if shard.replicas_per_pipeline > 1:
@@ -200,18 +204,22 @@ def _trim_padding(tokens, *columns):
 
 
 def training_batches(
-    split: TokenizedSplit, global_batch: int, seed: int, epoch: int, shard: InputShard, by_length: bool = False
+    split: TokenizedSplit, global_batch: int, seed: int, epoch: int, shard: InputShard, by_length: bool = False,
+    start: int = 0, order_batch: int | None = None,
 ) -> tf.data.Dataset:
     """One epoch of shuffled global batches (the remainder is dropped: whole batches).
 
-    `by_length`: batches of similar lengths (`sortish_order`), each cut to its longest row."""
+    `by_length`: batches of similar lengths (`sortish_order`), each cut to its longest row.
+    `start`: the examples of the epoch's order already trained on (a run resumed mid-epoch
+    continues with the batches an uninterrupted run would take next); `order_batch`: the
+    global batch the epoch's sortish order was cut for, when it started with another."""
     if len(split) < global_batch:
         raise UserError(
             f"the training split has {len(split)} examples, fewer than one global batch of "
             f"{global_batch}; lower trainer.batch_size or use more data."
         )
     if by_length:
-        order = sortish_order(token_counts(split.tokens), global_batch, seed, epoch)
+        order = sortish_order(token_counts(split.tokens), order_batch or global_batch, seed, epoch)[start:]
         dataset = (
             tf.data.Dataset.from_tensor_slices((split.tokens[order], split.labels[order], split.weights[order]))
             .batch(global_batch, drop_remainder=True)
@@ -221,6 +229,7 @@ def training_batches(
     dataset = (
         tf.data.Dataset.from_tensor_slices((split.tokens, split.labels, split.weights))
         .shuffle(len(split), seed=seed + epoch, reshuffle_each_iteration=False)
+        .skip(start)
         .batch(global_batch, drop_remainder=True)
     )
     return _shard(dataset, global_batch, shard)

@@ -64,7 +64,7 @@ def classifier_inputs(cfg: DictConfig, dist: Distribution, vocabulary: list[str]
     if dist.is_chief:
         log_dataset(cfg.dataset, data)
     if vocabulary is None:
-        vocabulary = dist.broadcast_object(build_vocabulary(data.train.texts, cfg.model.vocab_size) if dist.is_chief else None)
+        vocabulary = dist.shared(lambda: build_vocabulary(data.train.texts, cfg.model.vocab_size))
     vectorizer = make_vectorizer(cfg.model.sequence_length, vocabulary)
     weights = class_weights(data.train.labels, data.num_classes, cfg.trainer.class_weight)
     splits = Splits(
@@ -95,7 +95,7 @@ def language_model_inputs(cfg: DictConfig, dist: Distribution,
     if vocabulary is not None:
         words = vocabulary(data.train.texts)
     else:
-        words = dist.broadcast_object(build_vocabulary(data.train.texts, cfg.model.vocab_size) if dist.is_chief else None)
+        words = dist.shared(lambda: build_vocabulary(data.train.texts, cfg.model.vocab_size))
     held_out = [held_out_sample(split.texts, cfg.lm.eval_texts, cfg.seed) for split in (data.validation, data.test)]
     train, validation, test = (
         unlabeled_split(words, texts, cfg.model.sequence_length, cfg.lm.whole_texts)

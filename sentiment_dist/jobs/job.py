@@ -19,13 +19,14 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from sentiment_dist.config.hydra_task import run_dir
+from sentiment_dist.config.hydra_task import run_dir, run_dir_given
 from sentiment_dist.data.pipeline import TokenizedSplit
 from sentiment_dist.jobs import tracking
 from sentiment_dist.jobs.plots import format_metrics_table, plot_confusion, plot_history
 from sentiment_dist.jobs.rundir import RunDir
 from sentiment_dist.models.classifier import inference_model
 from sentiment_dist.runtime.distribute import Distribution, make_distribution
+from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.training.callbacks import make_callbacks
 from sentiment_dist.training.loop import Task, Trainer
 from sentiment_dist.training.optimizers import ParamGroup
@@ -53,15 +54,25 @@ def start(cfg: DictConfig) -> Job:
         tf.config.experimental.enable_op_determinism()
     if cfg.get("trainer"):
         keras.mixed_precision.set_global_policy(str(cfg.trainer.precision))
-    directory = dist.broadcast_object(run_dir() if dist.is_chief else None)
-    return Job(cfg, dist, RunDir(directory))
+    if dist.elastic and not run_dir_given():
+        raise UserError(
+            "strategy=horovod_elastic needs the run dir given: add hydra.run.dir=<a directory every worker "
+            "sees> (a worker that joins later must find it without asking the others; launch/ scripts key it by job)."
+        )
+    return Job(cfg, dist, RunDir(dist.shared(run_dir)))
 
 
 def tracked(job: Job, job_type: str, body: Callable[[tracking.Tracker], T], group: str | None = None,
             input_model: str | None = None, announce: bool = True) -> T:
     """Run `body(tracker)` as one W&B run (declaring `input_model`'s artifact as its input),
     then, if `announce`, print where the run dir is: the last line of every command."""
-    tracker = tracking.start(job.cfg, job.dist, job.run.path, job_type=job_type, group=group)
+    def start_tracker() -> tracking.Tracker:
+        return tracking.start(job.cfg, job.dist, job.run.path, job_type=job_type, group=group)
+
+    tracker = start_tracker()
+    if job.dist.elastic:  # rank 0 may become another process: the W&B run follows it
+        tracker = tracking.FollowChief(tracker, start_tracker, job.dist)
+        job.dist.on_reset(tracker.follow)
     try:
         if input_model:
             tracker.use_model(input_model)
@@ -77,14 +88,14 @@ def stage(job: Job, job_type: str, body: Callable[[tracking.Tracker], Any], grou
     """One stage of a longer job (finetune's in-job source, ULMFiT's language models),
     reused when its run dir already holds a finished run.
 
-    The chief decides and writes; the closing broadcast is a barrier, so no rank
-    reads the stage's files before the chief has written them."""
-    if job.dist.broadcast_object(job.run.finished if job.dist.is_chief else None):
+    The chief decides and writes; the closing barrier keeps every rank from reading
+    the stage's files before the chief has written them."""
+    if job.dist.shared(lambda: job.run.finished):
         if job.dist.is_chief:
             log.info("Reusing the %s stage already finished in %s.", job_type, job.run.path)
         return
     tracked(job, job_type, body, group, announce=False)
-    job.dist.broadcast_object(None)
+    job.dist.wait_until(lambda: job.run.finished)
 
 
 @dataclass
@@ -183,7 +194,7 @@ def fit_and_write(
     steps = len(splits.train) // trainer.global_batch
     callbacks = make_callbacks(
         cfg.trainer, float(cfg.trainer.learning_rate), trainer.base_learning_rate, steps, dist,
-        job.run.checkpoint_dir if cfg.trainer.resume else None, job.run.best_weights,
+        job.run.checkpoint_dir, job.run.best_weights, resume=cfg.trainer.resume,
     )
     callbacks.append(tracking.EpochLogger(tracker))
     history = trainer.fit(splits.train, splits.validation, cfg.trainer.epochs, callbacks,

@@ -28,10 +28,12 @@ class RunDir:
     HISTORY = "history.json"
     METRICS = "metrics.json"
     TRACKING = "tracking.json"  # the W&B run and artifact the run dir was logged as
+    WANDB_RUN = "wandb_run.json"  # the W&B run's id from the start: a resumed run continues it
     CURVES = "training_curves.png"
     CONFUSION = "confusion_matrix.png"
     REPORT = "transfer_report.json"
     REPORT_PLOT = "transfer_report.png"
+    REPORT_POINTS = "transfer_report_points.jsonl"  # finished points, appended as they finish (resume)
     CHECKPOINTS = "checkpoints"
     BEST_WEIGHTS = "best.weights.h5"
     # What a W&B model artifact holds, per kind of run.

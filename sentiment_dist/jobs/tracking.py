@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import secrets
+import string
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -20,6 +23,7 @@ from sentiment_dist.config.hydra_task import resolved
 from sentiment_dist.config.search import sweep_member
 from sentiment_dist.jobs.rundir import RunDir
 from sentiment_dist.runtime.errors import UserError
+from sentiment_dist.runtime.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,8 @@ class WandbTracker(Tracker):
         self._guard("config update", lambda: self.run.config.update(values, allow_val_change=True))
 
     def log_epoch(self, epoch: int, logs: dict) -> None:
-        self._guard("log", lambda: self.run.log({"epoch": epoch + 1, **logs}))
+        # step = the epoch: a resumed run's epochs continue its history, each logged once.
+        self._guard("log", lambda: self.run.log({"epoch": epoch + 1, **logs}, step=epoch + 1))
 
     def log_results(self, metrics: dict, run_dir: str) -> None:
         self._guard("summary", self._log_results, metrics, run_dir)
@@ -219,6 +224,8 @@ def start(cfg: DictConfig, dist, run_dir: str, job_type: str, group: str | None 
     # the config; it wins over a fine-tune's source group, so a transfer sweep stays together.
     member = sweep_member()
     settings = dict(
+        id=_run_id(cfg, run_dir),
+        resume="allow",  # a rerun on the same run dir (a resume) continues the same W&B run
         project=logger.project,
         entity=logger.entity,
         group=logger.group or (member and member["group"]) or group or os.path.basename(os.path.normpath(run_dir)),
@@ -239,12 +246,56 @@ def start(cfg: DictConfig, dist, run_dir: str, job_type: str, group: str | None 
     return Tracker()
 
 
+def _run_id(cfg: DictConfig, run_dir: str) -> str:
+    """The W&B run id of `run_dir`: the one its first attempt chose, unless the run starts over."""
+    run = RunDir(run_dir)
+    resuming = cfg.trainer.resume if cfg.get("trainer") else True
+    if resuming:
+        try:
+            return str(read_json(run.file(RunDir.WANDB_RUN))["run_id"])
+        except (OSError, ValueError, KeyError):
+            pass
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id alphabet
+    run.write_json(RunDir.WANDB_RUN, {"run_id": run_id})
+    return run_id
+
+
+class FollowChief:
+    """The tracker of an elastic job, which follows the chief: when a worker died and another
+    process became rank 0, that process continues the same W&B run (its id is in the run dir)
+    and the old one, if alive, stops logging. `follow` runs at every reset. `behind`: the
+    epochs the dead chief logged may not have reached W&B (EpochLogger logs them again; W&B
+    keeps the first row of each step)."""
+
+    def __init__(self, tracker: Tracker, start: Callable[[], Tracker], dist):
+        self.inner, self.start, self.dist = tracker, start, dist
+        self.behind = False
+
+    def follow(self) -> None:
+        if self.dist.is_chief and self.inner.run is None:
+            self.inner = self.start()
+            self.behind = True
+        elif not self.dist.is_chief and self.inner.run is not None:
+            self.inner.finish()
+            self.inner = Tracker()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Sends each epoch's logs (metrics, learning rate, throughput) to the tracker."""
 
     def __init__(self, tracker: Tracker):
         super().__init__()
         self.tracker = tracker
+        self.logged: list[tuple[int, dict]] = []  # every rank keeps them: any may become the chief
 
     def on_epoch_end(self, epoch, logs=None):
-        self.tracker.log_epoch(epoch, {key: float(value) for key, value in (logs or {}).items()})
+        if getattr(self.tracker, "behind", False):
+            for past, row in self.logged:
+                self.tracker.log_epoch(past, row)
+            self.tracker.behind = False
+        row = {key: float(value) for key, value in (logs or {}).items()}
+        self.logged.append((epoch, row))
+        self.tracker.log_epoch(epoch, row)

@@ -37,8 +37,7 @@ def vocabulary_for(source: list[str], mode: str, max_new_tokens: int, dist: Dist
     frequent new tokens of `texts()` (built on the chief, given to every rank)."""
     if mode == "source":
         return list(source)
-    vocabulary = extend_vocabulary(source, texts(), max_new_tokens) if dist.is_chief else None
-    return dist.broadcast_object(vocabulary)
+    return dist.shared(lambda: extend_vocabulary(source, texts(), max_new_tokens))
 
 
 def _grown(weights: list[np.ndarray], rows: int) -> list[np.ndarray]:

@@ -8,7 +8,9 @@ written once against `Distribution`; `strategy=` picks the subclass:
                  CPU devices, for tests and laptops).
 - `multiworker`: `tf.distribute.MultiWorkerMirroredStrategy` from `TF_CONFIG`
                  or SLURM.
-- `horovod`:     one process per GPU, `horovod.tensorflow` collectives.
+- `horovod`:     one process per GPU, `horovod.tensorflow` collectives;
+                 `strategy=horovod_elastic`: the same under `hvd.elastic`, where
+                 workers may leave and join while the job runs.
 
 Every strategy sees the same data: the input is cut into *global* batches of
 `batch_size * num_replicas` examples in one seeded order, and replica `r`
@@ -23,7 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +37,7 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from sentiment_dist.runtime.errors import UserError
-from sentiment_dist.runtime.launch import launch_rank
+from sentiment_dist.runtime.launch import launch_rank, slurm_tf_config
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +59,11 @@ class Distribution:
     """Single device; the base every strategy refines."""
 
     name = "single"
+    elastic = False  # workers may leave and join while the job runs (elastic Horovod)
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        self._reset_callbacks: list[Callable[[], None]] = []
         self.strategy: tf.distribute.Strategy = self._make_strategy()
 
     # -- identity ---------------------------------------------------------
@@ -131,6 +137,26 @@ class Distribution:
             lambda v: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), per_replica
         )
 
+    def shared(self, compute: Callable[[], Any]) -> Any:
+        """`compute()` as the chief computes it, on every process (it must be picklable).
+
+        Elastic jobs compute it on every process instead: a worker that joins a running job
+        has no one to receive it from, so `compute` must give the same everywhere."""
+        return self.broadcast_object(compute() if self.is_chief else None)
+
+    def wait_until(self, done: Callable[[], bool]) -> None:
+        """Return on every process once the chief has made `done()` true (a barrier)."""
+        self.broadcast_object(None)
+
+    def on_reset(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever the set of workers changes (elastic jobs): ranks, the
+        world size and who the chief is are then new."""
+        self._reset_callbacks.append(callback)
+
+    def notify_reset(self) -> None:
+        for callback in self._reset_callbacks:
+            callback()
+
     def broadcast_object(self, obj: Any) -> Any:
         """Give every process the chief's `obj` (picklable)."""
         if self.world_size == 1:
@@ -198,9 +224,15 @@ class MultiWorkerDistribution(Distribution):
     def _make_strategy(self) -> tf.distribute.Strategy:
         resolver_name = self.cfg.get("cluster_resolver", "tf_config")
         if resolver_name == "slurm":
-            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
-                port_base=int(self.cfg.get("slurm_port_base", 8888))
+            # Not TF's SlurmClusterResolver: it sorts the hosts by name, so node10 comes before
+            # node9 while SLURM_PROCID follows Slurm's own order, and its fixed port collides
+            # when two jobs share a node. Ours keeps Slurm's order and a port per job.
+            tf_config = slurm_tf_config(int(self.cfg.get("slurm_port_base", 15000)))
+            resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+                tf.train.ClusterSpec(tf_config["cluster"]), task_type="worker",
+                task_id=tf_config["task"]["index"], rpc_layer="grpc",
             )
+            log.info("Multi-worker cluster from SLURM: %s", tf_config)
         else:
             if not os.environ.get("TF_CONFIG"):
                 raise UserError(
@@ -216,10 +248,16 @@ class MultiWorkerDistribution(Distribution):
             "ring": tf.distribute.experimental.CommunicationImplementation.RING,
             "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
         }[self.cfg.get("communication", "auto")]
+        handler = signal.getsignal(signal.SIGTERM)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(
             cluster_resolver=resolver,
             communication_options=tf.distribute.experimental.CommunicationOptions(implementation=implementation),
         )
+        # The strategy's runtime installs a C++ SIGTERM handler that swallows the signal (a
+        # preempted worker would train on until SIGKILL); put the process's own back. While
+        # training, sentiment_dist.training.preemption turns SIGTERM into a checkpoint.
+        if callable(handler):
+            signal.signal(signal.SIGTERM, handler)
         return strategy
 
     @property
@@ -258,9 +296,7 @@ class HorovodDistribution(Distribution):
         hvd.init()  # Horovod registers its own shutdown at exit
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
-            # One GPU per process: by local rank when the process sees all the node's GPUs,
-            # the only one when the launcher bound one per task (srun --gpus-per-task=1).
-            gpu = gpus[hvd.local_rank() % len(gpus)]
+            gpu = device_for_local_rank(hvd.local_rank(), gpus)
             tf.config.experimental.set_memory_growth(gpu, True)
             tf.config.set_visible_devices(gpu, "GPU")
         self._check_launch_rank()
@@ -313,6 +349,38 @@ class HorovodDistribution(Distribution):
                 variable.assign(value)
 
 
+class ElasticHorovodDistribution(HorovodDistribution):
+    """Horovod whose workers may leave (a lost machine) and join while the job runs.
+
+    Training runs under `hvd.elastic.run` (`sentiment_dist.training.elastic`), whose state
+    sync gives every worker the chief's variables at each (re)start, so nothing is broadcast
+    before it: a worker that joins mid-job runs the command from the top alone, and must get
+    through everything before training without waiting for the others. Ranks, the world size
+    and the chief are read live (`hvd.rank()`), since they change at a reset."""
+
+    elastic = True
+
+    def shared(self, compute: Callable[[], Any]) -> Any:
+        return compute()
+
+    def wait_until(self, done: Callable[[], bool]) -> None:
+        while not done():  # the chief writes it to the shared run dir
+            time.sleep(1.0)
+
+    def broadcast_variables(self, variables: list) -> None:
+        """Nothing: the elastic state's sync broadcasts every variable when training (re)starts."""
+
+
+def device_for_local_rank(local_rank: int, devices: list) -> Any:
+    """The device a process with `local_rank` uses: one per process, by local rank when the
+    process sees every device of its node (horovodrun, mpirun), the only one when the launcher
+    gave each process its own (`srun --gpus-per-task=1`, a Kubernetes pod per GPU)."""
+    if len(devices) > 1 and local_rank >= len(devices):
+        log.warning("Local rank %d shares a device with rank %d: %d processes on %d devices.",
+                    local_rank, local_rank % len(devices), local_rank + 1, len(devices))
+    return devices[local_rank % len(devices)]
+
+
 STRATEGIES: dict[str, type[Distribution]] = {
     "single": Distribution,
     "mirrored": MirroredDistribution,
@@ -323,7 +391,8 @@ STRATEGIES: dict[str, type[Distribution]] = {
 
 def make_distribution(cfg: DictConfig) -> Distribution:
     """Create the strategy named by `cfg.name`; call before any other TF work."""
-    distribution = STRATEGIES[cfg.name](cfg)
+    kind = ElasticHorovodDistribution if cfg.name == "horovod" and cfg.get("elastic") else STRATEGIES[cfg.name]
+    distribution = kind(cfg)
     if distribution.rank != launch_rank():
         distribution._check_launch_rank()
     log.debug("distribution %s", distribution.describe())

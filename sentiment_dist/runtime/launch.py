@@ -41,3 +41,64 @@ def launch_rank() -> int:
 
 def is_launch_chief() -> bool:
     return launch_rank() == 0
+
+
+# -- SLURM ----------------------------------------------------------------------------
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Slurm's compressed host list in Slurm's own order: `node[9-10],gpu[01,03]-ib` ->
+    `node9, node10, gpu01-ib, gpu03-ib` (what `scontrol show hostnames` prints, without
+    needing scontrol; ranges keep their zero padding, several bracket groups multiply)."""
+    hosts, depth, item = [], 0, ""
+    for char in hostlist + ",":
+        if char == "," and depth == 0:
+            if item.strip():
+                hosts.extend(_expand_host(item.strip()))
+            item = ""
+            continue
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        item += char
+    return hosts
+
+
+def _expand_host(pattern: str) -> list[str]:
+    if "[" not in pattern:
+        return [pattern]
+    prefix, rest = pattern.split("[", 1)
+    ranges, suffix = rest.split("]", 1)
+    values = []
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        width = len(first)
+        values.extend(str(n).zfill(width) for n in range(int(first), int(last or first) + 1))
+    return [prefix + value + tail for value in values for tail in _expand_host(suffix)]
+
+
+def expand_tasks_per_node(spec: str, nodes: int) -> list[int]:
+    """`SLURM_TASKS_PER_NODE` (`2(x3),1`) as one count per node."""
+    counts = []
+    for part in spec.split(","):
+        count, _, repeat = part.partition("(x")
+        counts.extend([int(count)] * int(repeat.rstrip(")") or 1))
+    return counts if len(counts) == nodes else [counts[0]] * nodes
+
+
+def slurm_tf_config(port_base: int, env: dict | None = None) -> dict:
+    """A TF_CONFIG for this srun task: every task of the step as `host:port`, hosts in
+    Slurm's node order and tasks in its default block distribution (so worker i is
+    SLURM_PROCID i), one port per job (`port_base + SLURM_JOB_ID % 10000`, + the task's
+    index on its node) so that two jobs sharing a node do not collide."""
+    env = os.environ if env is None else env
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+    if not nodelist or not env.get("SLURM_PROCID", "").isdigit():
+        raise UserError(
+            "strategy.cluster_resolver=slurm needs the SLURM_* variables srun sets (SLURM_JOB_NODELIST, "
+            "SLURM_PROCID); start the workers with srun (launch/slurm/multiworker.sbatch) or use TF_CONFIG."
+        )
+    hosts = expand_hostlist(nodelist)
+    tasks = expand_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "1",
+                                  len(hosts))
+    port = port_base + int(env.get("SLURM_JOB_ID", "0") or 0) % 10000
+    workers = [f"{host}:{port + local}" for host, count in zip(hosts, tasks, strict=True) for local in range(count)]
+    return {"cluster": {"worker": workers}, "task": {"type": "worker", "index": int(env["SLURM_PROCID"])}}

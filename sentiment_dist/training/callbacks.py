@@ -32,13 +32,14 @@ class BestWeights(keras.callbacks.Callback):
     """Keep the best epoch's weights (by `monitor`) and restore them at the end.
 
     Every rank keeps them (its decisions match the chief's: logs are
-    all-reduced); only the chief (`write=True`) saves them, atomically, to
-    `path` (None: nowhere), from where a resumed run reloads them.
+    all-reduced); only the chief (asked when it writes: elastic Horovod may
+    make another process the chief) saves them, atomically, to `path` (None:
+    nowhere), from where a resumed run reloads them.
     """
 
-    def __init__(self, monitor: str, path: str | None, write: bool):
+    def __init__(self, monitor: str, path: str | None, dist):
         super().__init__()
-        self.monitor, self.path, self.write = monitor, path, write
+        self.monitor, self.path, self.dist = monitor, path, dist
         self.mode = monitor_mode(monitor)
         self.best = -math.inf if self.mode == "max" else math.inf
         self.best_weights = None
@@ -63,7 +64,7 @@ class BestWeights(keras.callbacks.Callback):
             raise UserError(f"trainer.best_monitor={self.monitor} is not a logged metric; use one of {sorted(logs or {})}.")
         if self._better(value):
             self.best, self.best_weights = value, self.model.get_weights()
-            if self.write and self.path is not None:
+            if self.dist.is_chief and self.path is not None:
                 atomic_write(self.path, self.model.save_weights)
 
     def on_train_end(self, logs=None):
@@ -109,24 +110,27 @@ class LearningRateWarmup(keras.callbacks.Callback):
     def __init__(self, start: float, target: float, warmup_steps: int):
         super().__init__()
         self.start, self.target, self.warmup_steps = start, target, warmup_steps
-        self.step = 0
-
-    def on_train_begin(self, logs=None):
-        self.step = int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.step <= self.warmup_steps:
-            fraction = self.step / max(self.warmup_steps, 1)
+        # The steps taken, from the optimizers (the head's trains every step, whatever is frozen):
+        # right after a resume mid-epoch or an elastic rollback, with no count of our own to restore.
+        step = max(int(optimizer.iterations.numpy()) for optimizer in self.model.optimizer.optimizers)
+        if step <= self.warmup_steps:
+            fraction = step / max(self.warmup_steps, 1)
             self.model.optimizer.learning_rate = self.start + (self.target - self.start) * fraction
-        self.step += 1
+
+    def rescale(self, ratio: float) -> None:
+        """The learning rate was rescaled by `ratio` (elastic Horovod lost or gained workers)."""
+        self.start, self.target = self.start * ratio, self.target * ratio
 
 
 def make_callbacks(
     cfg: DictConfig, base_rate: float, effective_rate: float, steps: int, dist,
-    checkpoint_dir: str | None = None, best_weights_path: str | None = None,
+    checkpoint_dir: str | None = None, best_weights_path: str | None = None, resume: bool = True,
 ) -> list[keras.callbacks.Callback]:
-    """The callbacks `trainer.*` asks for; resume state goes to `checkpoint_dir` and the best
-    epoch's weights to `best_weights_path` (None: not written)."""
+    """The callbacks `trainer.*` asks for; resume state goes to `checkpoint_dir` (`resume`: continue
+    from what it holds, else start over) and the best epoch's weights to `best_weights_path`
+    (None: not written)."""
     callbacks: list[keras.callbacks.Callback] = []
     if cfg.warmup_epochs and effective_rate != base_rate:
         callbacks.append(LearningRateWarmup(base_rate, effective_rate, int(cfg.warmup_epochs * steps)))
@@ -149,6 +153,6 @@ def make_callbacks(
                 min_delta=cfg.early_stopping.min_delta,
             )
         )
-    callbacks.append(Checkpointer(dist, checkpoint_dir))
-    callbacks.append(BestWeights(cfg.best_monitor, best_weights_path, write=dist.is_chief))
+    callbacks.append(Checkpointer(dist, checkpoint_dir, resume))
+    callbacks.append(BestWeights(cfg.best_monitor, best_weights_path, dist))
     return callbacks

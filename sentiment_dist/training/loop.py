@@ -7,6 +7,11 @@ replicas by the `Distribution`, clipped by their global norm, and applied by
 one optimizer per parameter group (`sentiment_dist.training.optimizers`).
 Keras callbacks (progress bar, early stopping, LR on plateau, weight
 averaging, best weights, checkpoints) are driven through a `CallbackList`.
+Every step runs through a preemption guard (`sentiment_dist.training.preemption`:
+SIGTERM saves where training stands and stops every rank at the same step; under
+elastic Horovod, `sentiment_dist.training.elastic`), and training continues from
+the checkpoint's position: a run resumed mid-epoch takes the batches an
+uninterrupted run would have taken next.
 
 What is optimised is a `Task`: `ClassificationTask` for classifiers,
 `LanguageModelTask` for pretraining. A task supplies the replica loss, the
@@ -29,6 +34,7 @@ from omegaconf import DictConfig
 from sentiment_dist.data.pipeline import TokenizedSplit, training_batches
 from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.runtime.errors import UserError
+from sentiment_dist.training import preemption
 from sentiment_dist.training.checkpoint import Checkpointer, History
 from sentiment_dist.training.classification import ClassificationTask
 from sentiment_dist.training.optimizers import (
@@ -101,8 +107,24 @@ class Trainer:
         self.model.stop_training = False
         dist.broadcast_variables(self.model.variables + self.optimizer.variables)
         self._train_step_fn = None
+        self.guard = preemption.Guard(self)  # fit() puts the strategy's own in place while it trains
         self.by_length = bool(cfg.batch_by_length)
         self.evaluator = self.task.evaluator(dist, model, self.global_batch, self.by_length)
+
+    def resize(self, global_batch: int) -> float:
+        """The number of workers changed (elastic Horovod): train on `global_batch`, rescale the
+        learning rates as `trainer.lr_scaling` says, and trace the steps again (they hold the old
+        world size). Returns the factor the rates were multiplied by."""
+        ratio = 1.0
+        if global_batch != self.global_batch:
+            rate = effective_learning_rate(self.cfg, global_batch // self.cfg.batch_size)
+            ratio, self.base_learning_rate = rate / self.base_learning_rate, rate
+            for group in self.groups:
+                group.optimizer.learning_rate = float(keras.ops.convert_to_numpy(group.optimizer.learning_rate)) * ratio
+        self.global_batch = global_batch
+        self._train_step_fn = None
+        self.evaluator = self.task.evaluator(self.dist, self.model, self.global_batch, self.by_length)
+        return ratio
 
     def set_trainable(self, names: set[str]) -> None:
         """Train only the named groups; the others keep their weights bit for bit."""
@@ -135,11 +157,11 @@ class Trainer:
     def _train_step(self, batch):
         if self._train_step_fn is None:
 
-            @tf.function(reduce_retracing=True)  # by_length: one trace for every batch length
             def step(batch):
                 return self.dist.reduce_sum(self.dist.run(self._replica_train_step, args=batch))
 
-            self._train_step_fn = step
+            # by_length: one trace for every batch length; Horovod: the preemption vote rides along
+            self._train_step_fn = tf.function(self.guard.fuse(step), reduce_retracing=True)
         return self._train_step_fn(batch)
 
     # -- loops ------------------------------------------------------------
@@ -184,7 +206,7 @@ class Trainer:
         callbacks = self.callbacks_around(callbacks)
         checkpointer = next(c for c in callbacks if isinstance(c, Checkpointer))
         checkpointer.attach(self)
-        history = checkpointer.restore()
+        history, position = checkpointer.restore()
         callback_list = keras.callbacks.CallbackList(
             callbacks, add_history=True, add_progbar=verbose and self.dist.is_chief, model=self.model,
             verbose=1, epochs=epochs, steps=steps,
@@ -197,23 +219,39 @@ class Trainer:
         for callback in callbacks:
             if hasattr(callback, "resume") and history.epochs:
                 callback.resume(history.epochs)
-        for epoch in range(len(history.epochs), epochs):
-            if self.model.stop_training:  # early stopping had ended the run before it was interrupted
-                break
+        def describe() -> str:
+            return position.describe(self.global_batch, len(train) // self.global_batch)
+
+        with preemption.guard(self, checkpointer, describe, (callbacks, callback_list)) as guard:
+            self.guard, self._train_step_fn = guard, None  # Horovod traces its preemption vote into the step
+            guard.train(lambda: self._epochs(train, validation, epochs, callback_list, checkpointer, schedule))
+        self.guard, self._train_step_fn = preemption.Guard(self), None
+        callback_list.on_train_end()
+        return history
+
+    def _epochs(self, train: TokenizedSplit, validation: TokenizedSplit, epochs: int,
+                callback_list: keras.callbacks.CallbackList, checkpointer: Checkpointer,
+                schedule: Callable[[int], set[str]] | None) -> None:
+        """The epochs from `checkpointer.position` on (elastic Horovod calls this again after a reset)."""
+        position = checkpointer.position
+        while position.epoch < epochs and not self.model.stop_training:  # early stopping may have ended it
+            epoch = position.epoch
             if schedule is not None:
                 self.set_trainable(schedule(epoch))
             callback_list.on_epoch_begin(epoch)
-            started = time.perf_counter()
-            totals = np.zeros(3)
+            position.start_epoch(self.global_batch)
+            started = time.perf_counter() - position.seconds
             batches = self.dist.distribute_dataset(
-                lambda shard, epoch=epoch: training_batches(
-                    train, self.global_batch, self.seed, epoch, shard, self.by_length
+                lambda shard, epoch=epoch, start=position.examples, order=position.order_batch: training_batches(
+                    train, self.global_batch, self.seed, epoch, shard, self.by_length, start, order
                 )
             )
-            for step, batch in enumerate(batches):
+            for batch in batches:
+                step = position.examples // self.global_batch
                 callback_list.on_train_batch_begin(step)
-                totals += self._train_step(batch).numpy()
-                running = self.task.progress(totals)
+                position.advance(self.guard.run(self._train_step, batch).numpy(), self.global_batch)
+                position.seconds = time.perf_counter() - started
+                running = self.task.progress(position.totals)
                 callback_list.on_train_batch_end(step, running)
                 if not math.isfinite(running["loss"]):
                     self.model.stop_training = True
@@ -221,7 +259,8 @@ class Trainer:
                         f"the training loss became {running['loss']} at epoch {epoch + 1}, step {step + 1}; lower "
                         "trainer.learning_rate or set trainer.gradient_clip_norm" + checkpointer.kept_note() + "."
                     )
-            seconds = time.perf_counter() - started
+                self.guard.after_step()
+            seconds, examples, totals = time.perf_counter() - started, position.examples, position.totals
             # Validation sees the averaged weights (if any): SwapEMAWeights swaps them in for the test.
             callback_list.on_test_begin()
             result = self.evaluate(validation)
@@ -230,8 +269,8 @@ class Trainer:
                 **self.task.epoch_logs(totals, result, seconds),
                 "learning_rate": self.optimizer.learning_rate,
                 "epoch_seconds": seconds,
-                "examples_per_second": steps * self.global_batch / seconds,
+                "examples_per_second": examples / seconds,
             }
+            position.finish_epoch()  # what the checkpointer saves, in on_epoch_end
             callback_list.on_epoch_end(epoch, logs)
-        callback_list.on_train_end()
-        return history
+            self.guard.after_epoch()
