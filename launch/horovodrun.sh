@@ -13,6 +13,10 @@
 # checkout and venv at the same path, and a shared run dir):
 #   launch/horovodrun.sh -np 4 -H host1:2,host2:2 paths.log_dir=/shared/runs
 #   launch/horovodrun.sh -np 4 --hostfile hosts.txt paths.log_dir=/shared/runs   # lines "host1 slots=2"
+# Elastic (workers may die and come back; strategy=horovod_elastic is chosen for you; the run dir
+# must be given, on a filesystem every host sees):
+#   HOSTS_FILE=hosts.txt launch/horovodrun.sh -np 4 --min-np 2 --max-np 4 \
+#       --host-discovery-script launch/discover_hosts.sh hydra.run.dir=/shared/runs/train/job-1
 #
 # Where horovodrun's arguments end: at `--`, or at the first Hydra override
 # (an argument containing `=`, or starting with `+` or `~`). Anything before
@@ -26,6 +30,18 @@
 #                               the Docker image is). Passing --gloo/--mpi yourself wins.
 #   SENTIMENT_DIST_ENTRY=...    another entry point, e.g. sentiment_dist.finetune
 #   PYTHON=...                  the interpreter the workers run (default: python on PATH)
+#   SENTIMENT_DIST_EXIT_FILE=.. where the chief writes the job's own exit code (138 preempted, 2 bad
+#                               input): horovodrun itself exits 1 whatever its workers' codes, and
+#                               this script exits with that code instead. Default: a temporary file,
+#                               which rank 0 can write when it runs on this host (-H starts with it);
+#                               otherwise give a path on a shared filesystem.
+#   NCCL_SOCKET_IFNAME, NCCL_IB_DISABLE, NCCL_DEBUG, HOROVOD_GLOO_IFACE: network settings, passed on
+#                               to every worker (horovodrun forwards the environment); on machines
+#                               with several interfaces, name the one the workers reach each other on.
+#
+# Preemption: a SIGTERM (SLURM, Kubernetes, kill) goes to horovodrun, which passes it to every
+# worker and kills them 5 s later (Horovod's fixed grace): the workers agree on a step, rank 0
+# saves there, and all exit with 138; rerun with the same hydra.run.dir to continue.
 #
 # GPUs: each process pins the GPU of its local rank. For NCCL all-reduce, Horovod
 # must be built with HOROVOD_GPU_OPERATIONS=NCCL (launch/build_horovod.sh honours it;
@@ -56,6 +72,11 @@ while (($#)); do
   esac
 done
 
+elastic=0
+for arg in "${horovod_args[@]}"; do
+  case "$arg" in --min-np|--max-np|--host-discovery-script|--min-num-proc|--max-num-proc) elastic=1 ;; esac
+done
+
 if ((controller_given == 0)); then
   case "${HOROVOD_CONTROLLER:-gloo}" in
     gloo) horovod_args+=(--gloo) ;;
@@ -65,15 +86,42 @@ if ((controller_given == 0)); then
 fi
 
 # strategy=horovod goes just before the first override: Hydra's own flags (-m,
-# --cfg job) must precede every override.
+# --cfg job) must precede every override. A strategy you give yourself wins.
 flags=0
+strategy=(strategy=horovod)
+((elastic)) && strategy=(strategy=horovod_elastic)
 for arg in "$@"; do
   case "$arg" in *=*|+*|~*) break ;; esac
   flags=$((flags + 1))
 done
+for arg in "$@"; do
+  case "$arg" in strategy=*) strategy=() ;; esac
+done
 command=(horovodrun "${horovod_args[@]}" "${PYTHON:-python}" -m "${SENTIMENT_DIST_ENTRY:-sentiment_dist.train}"
-         "${@:1:flags}" strategy=horovod "${@:flags+1}")
+         "${@:1:flags}" "${strategy[@]}" "${@:flags+1}")
 printf 'horovodrun.sh: running' >&2
 printf ' %q' "${command[@]}" >&2
 echo >&2
-exec "${command[@]}"
+
+if [[ -z "${SENTIMENT_DIST_EXIT_FILE:-}" ]]; then
+  SENTIMENT_DIST_EXIT_FILE=$(mktemp "${TMPDIR:-/tmp}/sentiment-dist-exit.XXXXXX")
+  trap 'rm -f "$SENTIMENT_DIST_EXIT_FILE"' EXIT
+fi
+: > "$SENTIMENT_DIST_EXIT_FILE"
+export SENTIMENT_DIST_EXIT_FILE
+"${command[@]}" &
+pid=$!
+# A SIGTERM or SIGINT for this script is one for the job: horovodrun passes it to every worker.
+trap 'kill -TERM "$pid" 2>/dev/null' TERM
+trap 'kill -INT "$pid" 2>/dev/null' INT
+status=0
+while true; do
+  wait "$pid" && status=0 || status=$?
+  kill -0 "$pid" 2>/dev/null || break  # wait returns early when a trapped signal arrives
+done
+code=$(tr -dc '0-9' < "$SENTIMENT_DIST_EXIT_FILE")
+if ((status != 0)) && [[ -n "$code" ]]; then
+  ((code == 138)) && echo "horovodrun.sh: the job was preempted and saved where it stopped; rerun it with the same hydra.run.dir to continue." >&2
+  exit "$code"
+fi
+exit "$status"

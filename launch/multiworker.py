@@ -6,7 +6,11 @@
 Each worker gets a TF_CONFIG naming every worker's localhost port and its own
 index; worker 0 is the chief. If any worker fails, the others are stopped
 (a collective would otherwise wait for it forever) and the launcher exits
-with that worker's code, naming the rank. Standard library only.
+with that worker's code, naming the rank. A SIGTERM to the launcher goes to
+every worker (they save where they are and exit with 138, "preempted"); a
+worker that exits with 138 is not a failure: the others are stopping at the
+same step, and the launcher waits for them and exits with 138 too. Standard
+library only.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import sys
 import time
 
 PR_SET_PDEATHSIG = 1
+EXIT_PREEMPTED = 138  # sentiment_dist.runtime.errors: saved, rerun with the same run dir to resume
+PREEMPTED_GRACE = 120  # seconds the other workers get to finish saving and exit on their own
 
 
 def free_ports(count: int) -> list[int]:
@@ -41,11 +47,11 @@ def die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def stop(processes: list[subprocess.Popen]) -> None:
+def stop(processes: list[subprocess.Popen], grace: float = 30) -> None:
     for process in processes:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.time() + 30
+    deadline = time.time() + grace
     for process in processes:
         try:
             process.wait(max(0.1, deadline - time.time()))
@@ -68,9 +74,20 @@ def main() -> int:
     for index in range(args.num_workers):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         processes.append(subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent))
+    # A preemption notice for the job: every worker gets it (each has its own session).
+    signal.signal(signal.SIGTERM, lambda *_: [os.killpg(p.pid, signal.SIGTERM) for p in processes if p.poll() is None])
     try:
         while True:
             codes = [process.poll() for process in processes]
+            if EXIT_PREEMPTED in codes:
+                rank = codes.index(EXIT_PREEMPTED)
+                deadline = time.time() + PREEMPTED_GRACE
+                while any(process.poll() is None for process in processes) and time.time() < deadline:
+                    time.sleep(0.2)
+                stop(processes)
+                print(f"multiworker: worker {rank} was preempted (exit code {EXIT_PREEMPTED}); the job saved where it "
+                      "stopped: rerun it with the same hydra.run.dir to continue.", file=sys.stderr)
+                return EXIT_PREEMPTED
             failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
             if failed:
                 rank, code = failed[0]

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ K8S_FILES = sorted(K8S.glob("*.yaml"))
 
 EXPECTED_JOBS = {
     "mpijob-horovod.yaml": ("kubeflow.org/v2beta1", "MPIJob", "strategy=horovod"),
+    "mpijob-horovod-elastic.yaml": ("kubeflow.org/v2beta1", "MPIJob", "strategy=horovod_elastic"),
     "tfjob-multiworker.yaml": ("kubeflow.org/v1", "TFJob", "strategy=multiworker"),
 }
 
@@ -99,8 +101,9 @@ def test_k8s_job_runs_the_trainer_on_the_shared_volume(name):
         assert all(int(gpu) >= 1 for gpu in gpus)
 
 
-def test_mpijob_runs_one_rank_per_gpu_slot():
-    job = next(doc for doc in load_documents(K8S / "mpijob-horovod.yaml") if doc["kind"] == "MPIJob")
+@pytest.mark.parametrize("name", ["mpijob-horovod.yaml", "mpijob-horovod-elastic.yaml"])
+def test_mpijob_runs_one_rank_per_gpu_slot(name):
+    job = next(doc for doc in load_documents(K8S / name) if doc["kind"] == "MPIJob")
     _, argv = training_command(job)
     assert argv[0] in ("horovodrun", "mpirun")
     np_flag = "-np" if "-np" in argv else "-n"
@@ -109,7 +112,11 @@ def test_mpijob_runs_one_rank_per_gpu_slot():
     assert int(argv[argv.index(np_flag) + 1]) == workers["replicas"] * slots
     gpus = workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
     assert int(gpus) == slots
-    assert "/etc/mpi/hostfile" in argv  # the operator's hostfile
+    if "elastic" in name:  # the operator keeps /etc/mpi/discover_hosts.sh listing the running workers
+        assert argv[argv.index("--host-discovery-script") + 1] == "/etc/mpi/discover_hosts.sh"
+        assert 1 <= int(argv[argv.index("--min-np") + 1]) <= int(argv[argv.index("--max-np") + 1]) == workers["replicas"] * slots
+    else:
+        assert "/etc/mpi/hostfile" in argv  # the operator's hostfile
 
 
 # -- shell scripts and SLURM ------------------------------------------------
@@ -350,3 +357,292 @@ def test_dockerfile_builds_nccl_horovod_and_runs_as_a_user():
 def test_dockerignore_keeps_local_state_out():
     patterns = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
     assert {".venv", "outputs", "multirun", "wandb", ".git", "benchmarks/data"} <= patterns
+
+
+# -- the operators' schemas, and what preemption needs --------------------------------
+# Field names from the operators' API types: the MPI Operator's kubeflow.org/v2beta1 MPIJobSpec
+# and RunPolicy (pkg/apis/kubeflow/v2beta1/types.go), whose validation accepts restartPolicy
+# Never or OnFailure and exactly one Launcher; the Training Operator's kubeflow.org/v1 TFJobSpec
+# and ReplicaSpec (pkg/apis/kubeflow.org/v1), whose restartPolicy may be ExitCode (1-127 fail
+# the job, 128-255 restart the pod). Pod and container fields: Kubernetes core/v1.
+MPIJOB_SPEC = {"slotsPerWorker", "runPolicy", "mpiReplicaSpecs", "sshAuthMountPath", "launcherCreationPolicy",
+               "mpiImplementation", "runLauncherAsWorker"}
+TFJOB_SPEC = {"runPolicy", "tfReplicaSpecs", "successPolicy", "enableDynamicWorker"}
+RUN_POLICY = {"cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit", "schedulingPolicy",
+              "suspend", "managedBy"}
+REPLICA_SPEC = {"replicas", "template", "restartPolicy"}
+RESTART_POLICIES = {"MPIJob": {"Never", "OnFailure"}, "TFJob": {"Always", "OnFailure", "Never", "ExitCode"}}
+POD_SPEC = {"containers", "initContainers", "volumes", "securityContext", "terminationGracePeriodSeconds",
+            "nodeSelector", "tolerations", "affinity", "serviceAccountName", "priorityClassName", "hostNetwork"}
+CONTAINER = {"name", "image", "imagePullPolicy", "command", "args", "env", "envFrom", "resources", "volumeMounts",
+             "securityContext", "ports", "workingDir", "lifecycle"}
+APP_UID = int(re.search(r"ARG APP_UID=(\d+)", DOCKERFILE.read_text()).group(1))
+
+
+def the_job(name: str) -> dict:
+    return next(doc for doc in load_documents(K8S / name) if doc["kind"] == EXPECTED_JOBS[name][1])
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_JOBS))
+def test_k8s_job_fields_are_the_operators(name):
+    job = the_job(name)
+    spec, kind = job["spec"], job["kind"]
+    assert set(spec) <= (MPIJOB_SPEC if kind == "MPIJob" else TFJOB_SPEC)
+    assert set(spec["runPolicy"]) <= RUN_POLICY
+    replicas = replica_specs(job)
+    if kind == "MPIJob":
+        assert set(replicas) == {"Launcher", "Worker"} and replicas["Launcher"]["replicas"] == 1
+        assert spec["launcherCreationPolicy"] == "WaitForWorkersReady"  # no retries spent while workers start
+    else:
+        assert set(replicas) == {"Worker"}
+        # Preemption (exit 138) and kills restart the pod; bad input (exit 2) fails the job.
+        assert replicas["Worker"]["restartPolicy"] == "ExitCode"
+    for role in replicas.values():
+        assert set(role) <= REPLICA_SPEC and role["replicas"] >= 1
+        assert role["restartPolicy"] in RESTART_POLICIES[kind]
+        pod = role["template"]["spec"]
+        assert set(pod) <= POD_SPEC
+        for container in pod["containers"] + pod.get("initContainers", []):
+            assert set(container) <= CONTAINER and container["name"] and container["image"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_JOBS))
+def test_k8s_restarts_resume_and_preempted_pods_get_time_to_save(name):
+    job = the_job(name)
+    _, argv = training_command(job)
+    # One run dir per job, given: a restarted pod resumes it (elastic jobs require it).
+    assert f"hydra.run.dir=/runs/train/{job['metadata']['name']}" in argv
+    for role, spec in replica_specs(job).items():
+        pod = spec["template"]["spec"]
+        if role == "Worker":  # the pods that train get SIGTERM, then this long to reach a step and save
+            assert pod["terminationGracePeriodSeconds"] >= 60
+            # RWX volumes on NFS ignore fsGroup: an init container gives the run dir to the image's user.
+            (init,) = pod["initContainers"]
+            assert init["securityContext"]["runAsUser"] == 0
+            assert f"chown {APP_UID}:{APP_UID} /runs" in init["command"][-1]
+            assert {"name": "runs", "mountPath": "/runs"} in init["volumeMounts"]
+        assert pod["securityContext"]["runAsUser"] == APP_UID
+    if job["kind"] == "MPIJob":  # the workers' PID 1 passes SIGTERM to the training processes
+        worker = replica_specs(job)["Worker"]["template"]["spec"]["containers"][0]
+        assert worker["command"] == ["/app/launch/k8s/mpi_worker.sh"]
+        assert (K8S / "mpi_worker.sh").stat().st_mode & 0o111
+        assert ("COPY", "launch /app/launch") in dockerfile_instructions()
+    assert "NCCL_SOCKET_IFNAME" in (K8S / name).read_text()  # documented where it is set
+
+
+def test_mpi_worker_entry_point_refuses_to_run_outside_a_container():
+    # It signals every training process it sees: only as a container's PID 1.
+    result = subprocess.run([str(K8S / "mpi_worker.sh")], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 2 and "PID 1" in result.stderr
+
+
+# -- SLURM: requeue, signal, one run dir per job ------------------------------------
+
+FAKE_SRUN = """#!/bin/bash
+printf '%s\\n' "$@" > "$RECORD/srun.argv"
+env > "$RECORD/srun.env"
+if [[ -n "${FAKE_PREEMPTED:-}" ]]; then  # a job that saves on SIGTERM and exits with 138
+  trap 'echo 138 > "$SENTIMENT_DIST_EXIT_FILE"; exit 138' TERM
+  touch "$RECORD/srun.started"
+  sleep 30 & wait
+fi
+exit "${FAKE_EXIT:-0}"
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path):
+    """`srun` and `scontrol` stand-ins that record what they were given; runs an sbatch script
+    as SLURM would (its #SBATCH lines are comments to bash)."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "record"
+    bin_dir.mkdir()
+    record.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "scontrol").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$RECORD/scontrol.argv"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+
+    def start(script: str, *args: str, **env: str) -> subprocess.Popen:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NCCL_", "RUN_DIR", "LOG_DIR"))}
+        environ.update({"SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(tmp_path), "RECORD": str(record)}, **env)
+        environ["PATH"] = f"{bin_dir}{os.pathsep}{environ['PATH']}"
+        return subprocess.Popen(["bash", str(SLURM / script), *args], env=environ, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+    return start, record
+
+
+def srun_env(record: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (record / "srun.env").read_text().splitlines() if "=" in line)
+
+
+SBATCH_TRAINING = ["horovod.sbatch", "multiworker.sbatch"]
+
+
+@pytest.mark.parametrize("name", sorted([*SBATCH_TRAINING, "horovod_elastic.sbatch"]))
+def test_sbatch_requeues_and_signals_before_the_time_limit(name):
+    directives = [line.split("#SBATCH", 1)[1].split("#")[0].strip() for line in (SLURM / name).read_text().splitlines()
+                  if line.startswith("#SBATCH")]
+    assert "--requeue" in directives and "--open-mode=append" in directives
+    (signal_directive,) = [d for d in directives if d.startswith("--signal=")]
+    assert re.fullmatch(r"--signal=B:TERM@\d+", signal_directive)  # to the batch script, which passes it on
+    assert int(signal_directive.rsplit("@", 1)[1]) >= 60
+
+
+@pytest.mark.parametrize("name", SBATCH_TRAINING)
+def test_sbatch_keeps_one_run_dir_per_job(fake_slurm, name, tmp_path):
+    start, record = fake_slurm
+    process = start(name, "trainer.epochs=3", NCCL_SOCKET_IFNAME="ib0")
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    argv = (record / "srun.argv").read_text().splitlines()
+    run_dir = tmp_path / "outputs" / "train" / "slurm-4242"  # the job id stays the same across requeues
+    assert argv[-2:] == [f"hydra.run.dir={run_dir}", "trainer.epochs=3"]
+    assert f"paths.log_dir={tmp_path / 'outputs'}" in argv and "--kill-on-bad-exit=1" in argv
+    env = srun_env(record)
+    assert env["NCCL_SOCKET_IFNAME"] == "ib0"  # settable: passed on to every task
+    assert env["SENTIMENT_DIST_EXIT_FILE"] == f"{run_dir}/.exit_code"
+    assert "NCCL_SOCKET_IFNAME=ib0" in out
+
+    process = start(name, SLURM_ARRAY_JOB_ID="77", SLURM_ARRAY_TASK_ID="3")  # an array task: its own dir
+    process.communicate(timeout=30)
+    assert f"hydra.run.dir={tmp_path}/outputs/train/slurm-77_3" in (record / "srun.argv").read_text()
+    process = start(name, RUN_DIR=str(tmp_path / "given"))  # or the one you give
+    process.communicate(timeout=30)
+    assert f"hydra.run.dir={tmp_path}/given" in (record / "srun.argv").read_text()
+
+
+@pytest.mark.parametrize("name", SBATCH_TRAINING)
+def test_sbatch_passes_sigterm_on_and_requeues_a_preempted_job(fake_slurm, name):
+    start, record = fake_slurm
+    process = start(name, FAKE_PREEMPTED="1")
+    deadline = time.time() + 20
+    while not (record / "srun.started").exists():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # what --signal=B:TERM sends the batch script
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err  # requeued: not a failure
+    assert "SIGTERM, passing it to the job" in out and "preempted" in out
+    assert (record / "scontrol.argv").read_text().split() == ["requeue", "4242"]
+
+
+@pytest.mark.parametrize("name", SBATCH_TRAINING)
+def test_sbatch_exits_with_the_jobs_own_code(fake_slurm, name):
+    start, record = fake_slurm
+    process = start(name, FAKE_EXIT="1")
+    process.communicate(timeout=30)
+    assert process.returncode == 1 and not (record / "scontrol.argv").exists()
+
+
+# -- launch/horovodrun.sh: elastic, exit codes, signals ------------------------------------
+
+
+def test_horovodrun_wrapper_elastic_flags_choose_the_elastic_strategy(fake_horovodrun):
+    argv, _ = fake_horovodrun("-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
+                              "launch/discover_hosts.sh", "hydra.run.dir=/shared/run")
+    assert argv[argv.index("sentiment_dist.train") + 1:] == ["strategy=horovod_elastic", "hydra.run.dir=/shared/run"]
+    argv, _ = fake_horovodrun("-np", "2", "strategy=horovod_elastic", "strategy.commit_steps=5")
+    assert argv[argv.index("sentiment_dist.train") + 1:] == ["strategy=horovod_elastic", "strategy.commit_steps=5"]
+
+
+FAKE_JOB_HOROVODRUN = """#!/bin/bash
+# Like horovodrun: exits 1 whatever its workers did; the chief wrote the job's code to the file.
+if [[ -n "${FAKE_PREEMPTED:-}" ]]; then
+  trap 'echo 138 > "$SENTIMENT_DIST_EXIT_FILE"; exit 1' TERM
+  touch "$RECORD/started"
+  sleep 30 & wait
+fi
+echo "${FAKE_CODE:-}" > "$SENTIMENT_DIST_EXIT_FILE"
+exit 1
+"""
+
+
+@pytest.fixture
+def job_horovodrun(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "horovodrun").write_text(FAKE_JOB_HOROVODRUN)
+    (bin_dir / "horovodrun").chmod(0o755)
+
+    def start(**env: str) -> subprocess.Popen:
+        environ = {k: v for k, v in os.environ.items() if k != "SENTIMENT_DIST_EXIT_FILE"}
+        environ.update(env, RECORD=str(tmp_path), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        return subprocess.Popen([str(LAUNCH / "horovodrun.sh"), "-np", "2", "seed=1"], env=environ,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    return start
+
+
+@pytest.mark.parametrize("code", ["138", "2", ""])
+def test_horovodrun_wrapper_exits_with_the_jobs_own_code(job_horovodrun, code):
+    process = job_horovodrun(FAKE_CODE=code)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == int(code or 1)  # horovodrun's 1 when the job wrote nothing
+    assert ("preempted" in err) == (code == "138")
+
+
+def test_horovodrun_wrapper_passes_sigterm_to_horovodrun(job_horovodrun, tmp_path):
+    process = job_horovodrun(FAKE_PREEMPTED="1")
+    deadline = time.time() + 20
+    while not (tmp_path / "started").exists():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 138, err
+
+
+# -- launch/multiworker.py: preempted workers ------------------------------------------
+
+PREEMPTED_WORKER = """
+import json, os, signal, sys, time
+from pathlib import Path
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+workdir = Path(sys.argv[1])
+def preempted(*_):
+    (workdir / f"worker{index}.sigterm").write_text("")
+    time.sleep(0.5 * index)  # saving; worker 0 leaves first
+    sys.exit(138)
+signal.signal(signal.SIGTERM, preempted)
+(workdir / f"worker{index}.ready").write_text("")
+time.sleep(30)
+"""
+
+
+def test_multiworker_passes_sigterm_on_and_reports_preemption(tmp_path):
+    command = [sys.executable, str(LAUNCH / "multiworker.py"), "-n", "2", "--", sys.executable, "-c", PREEMPTED_WORKER,
+               str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 20
+    while not all((tmp_path / f"worker{i}.ready").exists() for i in range(2)):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # the job is preempted: every worker must hear of it
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 138, err
+    assert all((tmp_path / f"worker{i}.sigterm").exists() for i in range(2))
+    assert "was preempted (exit code 138)" in err and "failed" not in err
+
+
+# -- launch/discover_hosts.sh --------------------------------------------------------------
+
+
+def test_discover_hosts_from_a_file_and_from_slurm(tmp_path):
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("# workers\nnode9:4\n  node10:4  # back from repair\n\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    result = subprocess.run([str(LAUNCH / "discover_hosts.sh")], env={**env, "HOSTS_FILE": str(hosts)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.split() == ["node9:4", "node10:4"]
+
+    (tmp_path / "scontrol").write_text('#!/bin/bash\n[[ "$*" == "show hostnames node[9-10]" ]] && printf "node9\\nnode10\\n"\n')
+    (tmp_path / "scontrol").chmod(0o755)
+    slurm = {**env, "SLURM_JOB_NODELIST": "node[9-10]", "SLURM_NTASKS_PER_NODE": "2",
+             "PATH": f"{tmp_path}{os.pathsep}{env['PATH']}"}
+    result = subprocess.run([str(LAUNCH / "discover_hosts.sh")], env=slurm, capture_output=True, text=True)
+    assert result.stdout.split() == ["node9:2", "node10:2"]
+
+    result = subprocess.run([str(LAUNCH / "discover_hosts.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "HOSTS_FILE" in result.stderr
