@@ -131,6 +131,19 @@ class Vocabulary(StrEnum):
     extend = "extend"
 
 
+class AugmentOperation(StrEnum):
+    synonym = "synonym"
+    insert = "insert"
+    swap = "swap"
+    delete = "delete"
+
+
+class ReportHelper(StrEnum):
+    augment = "augment"  # finetune/augment on the N examples
+    class_weight = "class_weight"  # scikit-learn's balanced class weights
+    threshold = "threshold"  # the decision threshold chosen on validation macro-F1 (binary)
+
+
 class StrategyName(StrEnum):
     single = "single"
     mirrored = "mirrored"
@@ -191,6 +204,7 @@ class DatasetSource(StrEnum):
     files = "files"
     imdb = "imdb"
     text = "text"
+    mixture = "mixture"
 
 
 class MappingType(StrEnum):
@@ -248,6 +262,9 @@ class TrainerConfig:
     weight_decay: float = at_least(0, 0.004)
     gradient_clip_norm: float | None = positive(1.0)
     class_weight: ClassWeight | None = None
+    # Binary classifiers: choose the decision threshold on P(positive) that maximises validation
+    # macro-F1 (instead of 0.5); saved with the model, so predict and evaluate use it too.
+    tune_threshold: bool = False
     precision: Precision = Precision.float32
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     lr_on_plateau: LrOnPlateauConfig = field(default_factory=LrOnPlateauConfig)
@@ -339,6 +356,18 @@ InitConfig = dataclass(init=False, repr=False, eq=False)(type("InitConfig", (), 
 
 
 @dataclass
+class AugmentConfig:
+    """EDA over the source embedding's neighbours (sentiment_dist/data/augment.py)."""
+
+    copies: int = at_least(0, 0)  # altered copies of each labelled target text; 0 = off
+    operations: list[AugmentOperation] = field(default_factory=lambda: list(AugmentOperation))
+    rate: float = fraction(0.1, closed_low=False)  # share of a text's words each operation changes
+    neighbours: int = positive(5)  # a word's nearest embedding neighbours to choose from
+    min_similarity: float = fraction(0.4)  # cosine similarity a neighbour needs
+    seed: int | None = 0  # must be set: every rank makes the same copies
+
+
+@dataclass
 class FinetuneConfig:
     source: str | None = None
     expect_model: ModelName | None = None
@@ -348,6 +377,7 @@ class FinetuneConfig:
     schedule: Schedule = Schedule.gradual
     freeze: list[Group] = field(default_factory=list)
     lr_multipliers: GroupRates = field(default_factory=GroupRates)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -368,6 +398,13 @@ class ReportConfig:
     scratch_epochs: int = positive(15)
     finetune_epochs: int = positive(8)
     lm_schedules: list[Schedule] = field(default_factory=list)
+    # The small-N helpers, each alone on the first schedule, for N up to helpers_max_size.
+    helpers: list[ReportHelper] = field(default_factory=lambda: list(ReportHelper))
+    helpers_max_size: int = positive(250)
+    # Every method's validation split (early stopping, C, thresholds): a seeded, stratified sample of
+    # at most this many target validation examples (null: all of them), so a large target stays cheap.
+    validation_size: int | None = positive(2000)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(copies=4))
 
 
 @dataclass
@@ -434,6 +471,27 @@ class ImdbDataset(DatasetConfig):
 class TextDataset(TextColumns, DatasetConfig):
     source: DatasetSource = DatasetSource.text
     split: SplitConfig = field(default_factory=lambda: SplitConfig(validation_fraction=0.05, test_fraction=0.05))
+
+
+@dataclass
+class MixtureSource:
+    dataset: Any = MISSING  # a dataset config: any source but another mixture
+    # This source's share of the mixture's training examples, relative to the others'; null for every
+    # source: each source's training split whole (the union, e.g. the texts of a language model).
+    weight: float | None = positive(1.0)
+
+
+@dataclass
+class MixtureDataset(DatasetConfig):
+    """Several datasets as one: each source's labels are mapped to `classes` by its own
+    label_mapping, and each contributes `weight / sum of weights` of `size` training examples
+    (`max_rows` caps every source, as it caps one dataset)."""
+
+    source: DatasetSource = DatasetSource.mixture
+    sources: dict[str, MixtureSource] = field(default_factory=dict)
+    classes: list[str] | None = None  # the mixture's classes, in order; null = the first source's
+    size: int | None = positive(None)  # training examples in all; null = every source's training split in all
+    seed: int = 42  # which examples are drawn (and which repeat, for a source oversampled)
 
 
 # -- tasks (the primary configs) -----------------------------------------------------
@@ -518,12 +576,14 @@ def register() -> None:
         ("paths", "schema", PathsConfig),
         ("init", "schema", InitConfig),
         ("finetune", "schema", FinetuneConfig),
+        ("finetune/augment", "schema", AugmentConfig),
         ("lm", "schema", LanguageModelConfig),
         ("report", "schema", ReportConfig),
         ("dataset", "schema_synthetic", SyntheticDataset),
         ("dataset", "schema_files", FilesDataset),
         ("dataset", "schema_imdb", ImdbDataset),
         ("dataset", "schema_text", TextDataset),
+        ("dataset", "schema_mixture", MixtureDataset),
         (None, "schema_train", TrainTask),
         (None, "schema_pretrain", PretrainTask),
         (None, "schema_finetune", FinetuneTask),

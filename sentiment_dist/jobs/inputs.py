@@ -34,6 +34,10 @@ class ClassifierInputs:
     vectorizer: keras.layers.Layer
     data: LabeledData
 
+    @property
+    def summary(self) -> dict:
+        return data_summary(self.data)
+
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str | None) -> np.ndarray | None:
     """scikit-learn's per-class weights (`balanced`: n / (K * count_k)), or None."""
@@ -50,11 +54,22 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str | None) -> np.
 
 def log_dataset(cfg: DictConfig, data: LabeledData) -> None:
     dropped = {k: v for k, v in data.stats.items() if k.startswith("dropped") and v}
-    log.info(
-        "Dataset %s: %d train / %d validation / %d test examples, classes %s%s",
-        cfg.name, len(data.train), len(data.validation), len(data.test), data.label_names,
-        f", dropped {dropped}" if dropped else "",
+    mixed = ", ".join(
+        f"{name} {source['train']} ({source['share']:.0%}{', oversampled' if source['oversampled'] else ''})"
+        for name, source in data.sources.items()
     )
+    log.info(
+        "Dataset %s: %d train / %d validation / %d test examples, classes %s%s%s",
+        cfg.name, len(data.train), len(data.validation), len(data.test), data.label_names,
+        f", dropped {dropped}" if dropped else "", f"; training examples from {mixed}" if mixed else "",
+    )
+
+
+def data_summary(data: LabeledData) -> dict:
+    """What the run dir records of its data (metrics.json `data`): split sizes, what loading
+    dropped, and a mixture's sources with their sizes and shares."""
+    return {"train": len(data.train), "validation": len(data.validation), "test": len(data.test),
+            "stats": dict(data.stats), "sources": dict(data.sources)}
 
 
 def classifier_inputs(cfg: DictConfig, dist: Distribution, vocabulary: list[str] | None = None,
@@ -82,6 +97,7 @@ class LanguageModelInputs:
     vocabulary: list[str]
     texts: int  # training texts
     held_out_texts: dict[str, int]
+    summary: dict
 
 
 def language_model_inputs(cfg: DictConfig, dist: Distribution,
@@ -92,6 +108,8 @@ def language_model_inputs(cfg: DictConfig, dist: Distribution,
     built from the training texts. Held-out perplexity takes the full softmax, so it is
     scored on a seeded sample of at most `lm.eval_texts` texts of each held-out split."""
     data = load_dataset(cfg.dataset, labels=False)
+    if dist.is_chief:
+        log_dataset(cfg.dataset, data)
     if vocabulary is not None:
         words = vocabulary(data.train.texts)
     else:
@@ -103,5 +121,5 @@ def language_model_inputs(cfg: DictConfig, dist: Distribution,
     )
     return LanguageModelInputs(
         Splits(train, validation, test), words, len(data.train.texts),
-        {"validation": len(held_out[0]), "test": len(held_out[1])},
+        {"validation": len(held_out[0]), "test": len(held_out[1])}, data_summary(data),
     )

@@ -29,6 +29,7 @@ from sentiment_dist.runtime.distribute import Distribution, make_distribution
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.training.callbacks import make_callbacks
 from sentiment_dist.training.loop import Task, Trainer
+from sentiment_dist.training.metrics import best_threshold
 from sentiment_dist.training.optimizers import ParamGroup
 
 log = logging.getLogger(__name__)
@@ -106,18 +107,29 @@ class Splits:
 
 
 class ClassifierOutput:
-    """A classifier run: scored by confusion matrix, saved as a model that takes raw strings."""
+    """A classifier run: scored by confusion matrix, saved as a model that takes raw strings
+    (with its decision threshold, when `trainer.tune_threshold` chose one on validation)."""
 
     throughput = "examples_per_second"
 
     def __init__(self, label_names: list[str], vectorizer: keras.layers.Layer):
         self.label_names, self.vectorizer = label_names, vectorizer
+        self.threshold = 0.5
 
     def score(self, trainer: Trainer, split: TokenizedSplit) -> dict:
-        return trainer.evaluate(split).metrics(self.label_names)
+        return trainer.evaluate(split, self.threshold).metrics(self.label_names)
+
+    def calibrate(self, trainer: Trainer, validation: TokenizedSplit, tune: bool) -> dict:
+        """With `tune` (binary classifiers), the threshold that maximises validation macro-F1."""
+        if not tune or len(self.label_names) != 2:
+            return {}
+        self.threshold, score = best_threshold(trainer.evaluate(validation).scores)
+        log.info("Decision threshold %.2f: validation macro-F1 %.4f (at 0.5: %.4f)", self.threshold, score,
+                 trainer.evaluate(validation).metrics(self.label_names)["macro_f1"])
+        return {"decision_threshold": self.threshold}
 
     def write(self, run: RunDir, model: keras.Model, metrics: dict) -> None:
-        run.write_labels(self.label_names)
+        run.write_labels(self.label_names, self.threshold)
         run.write_model(inference_model(self.vectorizer, model))
         plot_confusion(np.array(metrics["test"]["confusion_matrix"]), self.label_names, run.file(RunDir.CONFUSION))
 
@@ -136,6 +148,9 @@ class LanguageModelOutput:
 
     def score(self, trainer: Trainer, split: TokenizedSplit) -> dict:
         return trainer.evaluate(split).as_dict()
+
+    def calibrate(self, trainer: Trainer, validation: TokenizedSplit, tune: bool) -> dict:
+        return {}
 
     def write(self, run: RunDir, model: keras.Model, metrics: dict) -> None:
         run.write_language_model(model)
@@ -200,6 +215,7 @@ def fit_and_write(
     history = trainer.fit(splits.train, splits.validation, cfg.trainer.epochs, callbacks,
                           verbose=cfg.trainer.verbose, schedule=schedule)
     epochs = history.epochs
+    calibration = output.calibrate(trainer, splits.validation, cfg.trainer.get("tune_threshold", False))
     metrics = {
         "test": output.score(trainer, splits.test),
         "validation": output.score(trainer, splits.validation),
@@ -207,6 +223,7 @@ def fit_and_write(
         "train_seconds": float(sum(epoch["epoch_seconds"] for epoch in epochs)),
         output.throughput: float(np.mean([epoch[output.throughput] for epoch in epochs])) if epochs else 0.0,
         "environment": environment,
+        **calibration,
         **(extra_metrics or {}),
     }
     if before:

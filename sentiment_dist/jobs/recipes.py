@@ -10,13 +10,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sentiment_dist.data import load_dataset
+from sentiment_dist.data import LabeledData, Split, load_dataset
+from sentiment_dist.data.augment import augment, embedding_neighbours
 from sentiment_dist.jobs import tracking
 from sentiment_dist.jobs.inputs import classifier_inputs, language_model_inputs
 from sentiment_dist.jobs.job import ClassifierOutput, Job, LanguageModelOutput, fit_and_write, stage
@@ -34,6 +37,7 @@ from sentiment_dist.jobs.transfer import (
 )
 from sentiment_dist.models.classifier import build_classifier, group_variables
 from sentiment_dist.models.language_model import build_language_model, unigram_log_frequencies
+from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.training.language_modeling import LanguageModelTask
 from sentiment_dist.training.optimizers import param_groups
@@ -67,7 +71,7 @@ def train_classifier(job: Job, tracker: tracking.Tracker) -> dict:
             if dist.is_chief:
                 log.info("Initialised %s from the language model in %s.", ", ".join(copied), pretrained.directory)
     return fit_and_write(job, tracker, ClassifierOutput(inputs.label_names, inputs.vectorizer), classifier,
-                         len(inputs.label_names), inputs.splits, inputs.vocabulary)
+                         len(inputs.label_names), inputs.splits, inputs.vocabulary, extra_metrics={"data": inputs.summary})
 
 
 def pretrain_language_model(job: Job, tracker: tracking.Tracker) -> dict:
@@ -110,7 +114,8 @@ def pretrain_language_model(job: Job, tracker: tracking.Tracker) -> dict:
             f" from {pretrained.directory}" if pretrained else "", environment["softmax"],
             f", lr multipliers {environment['lr_multipliers']}" if multipliers else "",
         )
-    extra = {"vocab_size": vocab_size, "init_from": os.path.abspath(pretrained.directory) if pretrained else None}
+    extra = {"vocab_size": vocab_size, "init_from": os.path.abspath(pretrained.directory) if pretrained else None,
+             "data": inputs.summary}
     return fit_and_write(job, tracker, LanguageModelOutput(inputs.held_out_texts["test"], cfg.model.bidirectional),
                          model, task, inputs.splits, inputs.vocabulary, groups, environment=environment,
                          extra_metrics=extra)
@@ -124,13 +129,14 @@ def finetune_classifier(job: Job, source: ClassifierRun, tracker: tracking.Track
     data = load_dataset(cfg.dataset)
     vocabulary = vocabulary_for(source.vocabulary, cfg.finetune.vocab, cfg.finetune.extend_max_tokens, dist,
                                 lambda: data.train.texts)
+    data = with_augmented_train(data, cfg.finetune.augment, source.vocabulary, embedding_table(source.classifier), dist)
     inputs = classifier_inputs(cfg, dist, vocabulary, data)
     classifier, groups, schedule = transferred_classifier(cfg.finetune, dist, source, len(vocabulary), inputs.label_names)
     # With the source's head kept, the untouched model is the baseline the fine-tune must beat.
     reused_head = inputs.label_names == source.label_names and cfg.finetune.head != "new"
     return fit_and_write(job, tracker, ClassifierOutput(inputs.label_names, inputs.vectorizer), classifier,
                          len(inputs.label_names), inputs.splits, inputs.vocabulary, groups, schedule,
-                         test_before_training=reused_head)
+                         extra_metrics={"data": inputs.summary}, test_before_training=reused_head)
 
 
 def finetune_from_language_model(job: Job, pretrained: PretrainedRun, tracker: tracking.Tracker,
@@ -147,11 +153,31 @@ def finetune_from_language_model(job: Job, pretrained: PretrainedRun, tracker: t
     data = load_dataset(cfg.dataset)
     vocabulary = vocabulary_for(pretrained.vocabulary, vocab or cfg.init.vocab, cfg.init.extend_max_tokens, dist,
                                 lambda: data.train.texts)
+    data = with_augmented_train(data, cfg.finetune.augment, pretrained.vocabulary,
+                                embedding_table(pretrained.model.encoder), dist)
     inputs = classifier_inputs(cfg, dist, vocabulary, data)
     classifier, groups, schedule = pretrained_classifier(cfg.finetune, dist, pretrained, len(vocabulary),
                                                          inputs.label_names, cfg.model)
     return fit_and_write(job, tracker, ClassifierOutput(inputs.label_names, inputs.vectorizer), classifier,
-                         len(inputs.label_names), inputs.splits, inputs.vocabulary, groups, schedule)
+                         len(inputs.label_names), inputs.splits, inputs.vocabulary, groups, schedule,
+                         extra_metrics={"data": inputs.summary})
+
+
+def with_augmented_train(data: LabeledData, settings: DictConfig, vocabulary: list[str], embedding: np.ndarray,
+                         dist: Distribution) -> LabeledData:
+    """`data` with `finetune.augment` copies of its training texts (neighbours from `embedding`)."""
+    if settings.copies == 0:
+        return data
+    neighbours = embedding_neighbours(vocabulary, embedding, settings.neighbours, settings.min_similarity)
+    texts, labels = augment(data.train.texts, data.train.labels, settings, neighbours)
+    if dist.is_chief:
+        log.info("Augmented %d training texts with %d copies each (%s; %d words have embedding neighbours).",
+                 len(data.train), settings.copies, ", ".join(map(str, settings.operations)), len(neighbours))
+    return dataclasses.replace(data, train=Split(texts, labels))
+
+
+def embedding_table(model) -> np.ndarray:
+    return model.get_layer("embedding").get_weights()[0]
 
 
 # -- stages of longer jobs ---------------------------------------------------------

@@ -22,6 +22,10 @@ Transfer
   with its decision threshold chosen on validation macro-F1);
 - `lm_finetune_<schedule>` (ULMFiT): from a language model adapted to the target's texts.
 
+Every method sees the same N examples and the same target validation split (at most
+`report.validation_size` examples of it, a seeded sample) for early stopping, C and
+thresholds; the test split is never used to choose.
+
 The headline metric is macro-F1 when the target's classes are imbalanced (the
 largest class over 1.5x the smallest in its training split), accuracy
 otherwise. Per N the report names the winner and says plainly by how much
@@ -32,6 +36,7 @@ report resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -40,7 +45,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from sentiment_dist.data import LabeledData, load_dataset
+from sentiment_dist.data import LabeledData, Split, load_dataset
 from sentiment_dist.data.augment import augment, embedding_neighbours
 from sentiment_dist.data.files import stratified_split
 from sentiment_dist.data.pipeline import build_vocabulary, make_vectorizer, tokenize_split
@@ -128,6 +133,9 @@ class Report:
     """One training per (method, N, repeat), all on the same samples."""
 
     def __init__(self, cfg: DictConfig, dist: Distribution, source: ClassifierRun, data: LabeledData, run: RunDir):
+        if cfg.report.validation_size and len(data.validation) > cfg.report.validation_size:
+            rows = sample_indices(data.validation.labels, cfg.report.validation_size, cfg.seed)
+            data = dataclasses.replace(data, validation=Split(data.validation.texts[rows], data.validation.labels[rows]))
         self.cfg, self.dist, self.source, self.data, self.run_dir = cfg, dist, source, data, run
         self.num_classes = len(data.label_names)
         self.same_labels = data.label_names == source.label_names

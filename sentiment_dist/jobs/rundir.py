@@ -73,8 +73,12 @@ class RunDir:
     def write_vocabulary(self, vocabulary: list[str]) -> None:
         atomic_write_text(self.file(self.VOCABULARY), "\n".join(vocabulary) + "\n")
 
-    def write_labels(self, label_names: list[str]) -> None:
-        atomic_write_json(self.file(self.LABELS), {"label_names": list(label_names)})
+    def write_labels(self, label_names: list[str], threshold: float = 0.5) -> None:
+        """The class names and, for two classes, the decision threshold on P(positive)."""
+        data = {"label_names": list(label_names)}
+        if len(label_names) == 2:
+            data["decision_threshold"] = float(threshold)
+        atomic_write_json(self.file(self.LABELS), data)
 
     def write_model(self, model: keras.Model) -> None:
         atomic_write(self.file(self.MODEL), model.save)
@@ -112,6 +116,10 @@ class RunDir:
         except (ValueError, KeyError) as err:
             raise UserError(f"{self.path} has a damaged {self.LABELS}; retrain the run.") from err
 
+    def read_threshold(self) -> float:
+        """The decision threshold of a binary classifier (0.5 unless `trainer.tune_threshold` chose one)."""
+        return float(read_json(self.require(self.LABELS)).get("decision_threshold", 0.5))
+
     def read_config(self) -> DictConfig:
         try:
             return OmegaConf.load(self.require(self.CONFIG))
@@ -137,7 +145,7 @@ class RunDir:
             model = keras.models.load_model(model_path, safe_mode=True, compile=False)
         except Exception as err:  # zip / h5 / config errors: a damaged file
             raise UserError(f"{model_path} cannot be loaded ({type(err).__name__}); it is damaged, retrain the run.") from err
-        run = ClassifierRun(self, model, label_names, config)
+        run = ClassifierRun(self, model, label_names, config, self.read_threshold())
         if list(run.vectorizer.get_vocabulary()) != vocabulary:
             raise UserError(f"{self.file(self.VOCABULARY)} does not match its {self.MODEL}; the run dir is damaged, retrain it.")
         return run
@@ -172,6 +180,7 @@ class ClassifierRun:
     model: keras.Model  # raw strings -> probabilities
     label_names: list[str]
     config: DictConfig
+    threshold: float = 0.5  # binary: positive when P(positive) >= this
 
     @property
     def directory(self) -> str:

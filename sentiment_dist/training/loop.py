@@ -165,8 +165,9 @@ class Trainer:
         return self._train_step_fn(batch)
 
     # -- loops ------------------------------------------------------------
-    def evaluate(self, split: TokenizedSplit) -> Any:
-        return self.evaluator.evaluate(split)
+    def evaluate(self, split: TokenizedSplit, *options) -> Any:
+        """The task's held-out scores of `split` (a classifier takes a decision threshold)."""
+        return self.evaluator.evaluate(split, *options)
 
     def callbacks_around(self, callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
         """`callbacks` in the order the loop drives them at each epoch's end.
