@@ -21,6 +21,7 @@ the same run dir continue with the very batches an uninterrupted run would have 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import tempfile
@@ -35,6 +36,17 @@ from sentiment_dist.runtime.errors import Preempted
 from sentiment_dist.training.checkpoint import Checkpointer
 
 SIGTERM_SEEN = threading.Event()  # process-wide: TensorFlow's handler polls it from its own thread
+
+
+class _QuietDeprecation(logging.Filter):
+    """The handler reads its own deprecated `total_run_calls` when it saves, and TensorFlow
+    logs a deprecation notice about it (ours to ignore) right above the preemption line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "total_run_calls" not in record.getMessage()
+
+
+logging.getLogger("tensorflow").addFilter(_QuietDeprecation())
 
 
 class Guard:
