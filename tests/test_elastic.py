@@ -60,3 +60,27 @@ def test_a_killed_chief_leaves_a_finished_job_one_run_dir_and_one_wandb_run(tmp_
     assert all(len(e) == len(set(e)) for e in epochs)  # none twice in a segment (W&B keeps a step's first row)
     assert sorted(set().union(*epochs)) == [1.0, 2.0]
     assert [a.type for r in records for a in wr.artifacts(r) if a.type == "model"] == ["model"]  # written once, by the new chief
+
+
+def test_a_resize_rescales_the_rate_as_trainer_lr_scaling_says():
+    """elastic_batch=per_worker: half the workers, half the global batch and (linear scaling) half
+    the rate, warm-up included; the global policy keeps both."""
+    import keras
+    from conftest import tiny_model, tiny_trainer
+    from omegaconf import OmegaConf
+
+    from sentiment_dist.models.classifier import build_classifier
+    from sentiment_dist.runtime.distribute import Distribution
+    from sentiment_dist.training.callbacks import LearningRateWarmup
+    from sentiment_dist.training.loop import Trainer
+
+    keras.utils.set_random_seed(0)
+    cfg = tiny_trainer(batch_size=8, learning_rate=0.02, lr_scaling="linear")
+    trainer = Trainer(Distribution(OmegaConf.create({"name": "single"})), build_classifier(tiny_model(), 20, 2), 2, cfg, 0)
+    assert trainer.global_batch == 8 and trainer.base_learning_rate == 0.02
+    assert trainer.resize(32) == 4.0  # as if 4 workers of 8
+    assert trainer.global_batch == 32 and abs(trainer.optimizer.learning_rate - 0.08) < 1e-7
+    warmup = LearningRateWarmup(0.02, 0.08, 10)
+    warmup.rescale(trainer.resize(16))  # down to 2 workers
+    assert abs(trainer.optimizer.learning_rate - 0.04) < 1e-7 and (warmup.start, warmup.target) == (0.01, 0.04)
+    assert trainer.resize(16) == 1.0  # the global policy: same batch, same rate, steps traced again

@@ -222,3 +222,27 @@ def test_every_kind_of_damage_is_found_before_restoring(tmp_path, how):
         index.write_bytes(b"")
     assert unreadable(newer) is not None
     assert unreadable(older) is None
+
+
+@pytest.mark.parametrize("by_length", [False, True])
+def test_a_resumed_epoch_takes_the_batches_an_uninterrupted_one_would(by_length):
+    """`start` skips the examples already trained on; `order_batch` keeps the epoch's order when
+    the global batch changed since (an elastic job that lost a worker, per_worker)."""
+    from sentiment_dist.data.pipeline import TokenizedSplit, training_batches
+    from sentiment_dist.runtime.distribute import InputShard
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 12, 200)
+    tokens = np.where(np.arange(12) < lengths[:, None], rng.integers(1, 50, (200, 12)), 0).astype(np.int32)
+    split = TokenizedSplit(tokens, np.arange(200, dtype=np.int32), np.ones(200, np.float32))  # label = row
+
+    def rows(global_batch, start=0, order_batch=None):
+        batches = training_batches(split, global_batch, 7, 3, InputShard(0, 1, 1), by_length, start, order_batch)
+        return [row for _, labels, _ in batches for row in labels.numpy().tolist()]
+
+    whole = rows(16)
+    assert rows(16, start=5 * 16) == whole[5 * 16:]
+    # Resumed with a global batch of 8 (half the workers): the rest of the same order, cut smaller
+    # (whole batches of 8 may also take in rows the batches of 16 left over at the epoch's end).
+    resumed = rows(8, start=5 * 16, order_batch=16)
+    assert resumed[: len(whole) - 5 * 16] == whole[5 * 16:] and len(resumed) - (len(whole) - 5 * 16) < 16
