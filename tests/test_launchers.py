@@ -442,9 +442,11 @@ FAKE_SRUN = """#!/bin/bash
 printf '%s\\n' "$@" > "$RECORD/srun.argv"
 env > "$RECORD/srun.env"
 if [[ -n "${FAKE_PREEMPTED:-}" ]]; then  # a job that saves on SIGTERM and exits with 138
-  trap 'echo 138 > "$SENTIMENT_DIST_EXIT_FILE"; exit 138' TERM
+  trap 'kill "$sleeper"; echo 138 > "$SENTIMENT_DIST_EXIT_FILE"; exit 138' TERM
+  sleep 30 > /dev/null 2>&1 &  # not holding the test's pipes open
+  sleeper=$!
   touch "$RECORD/srun.started"
-  sleep 30 & wait
+  wait
 fi
 exit "${FAKE_EXIT:-0}"
 """
@@ -549,9 +551,11 @@ def test_horovodrun_wrapper_elastic_flags_choose_the_elastic_strategy(fake_horov
 FAKE_JOB_HOROVODRUN = """#!/bin/bash
 # Like horovodrun: exits 1 whatever its workers did; the chief wrote the job's code to the file.
 if [[ -n "${FAKE_PREEMPTED:-}" ]]; then
-  trap 'echo 138 > "$SENTIMENT_DIST_EXIT_FILE"; exit 1' TERM
+  trap 'kill "$sleeper"; echo 138 > "$SENTIMENT_DIST_EXIT_FILE"; exit 1' TERM
+  sleep 30 > /dev/null 2>&1 &  # not holding the test's pipes open
+  sleeper=$!
   touch "$RECORD/started"
-  sleep 30 & wait
+  wait
 fi
 echo "${FAKE_CODE:-}" > "$SENTIMENT_DIST_EXIT_FILE"
 exit 1
