@@ -364,7 +364,12 @@ class ElasticHorovodDistribution(HorovodDistribution):
         return compute()
 
     def wait_until(self, done: Callable[[], bool]) -> None:
+        started = time.monotonic()
         while not done():  # the chief writes it to the shared run dir
+            if started is not None and time.monotonic() - started > 60:
+                log.warning("Still waiting, after a minute, for the chief to finish writing the run dir "
+                            "(if it died there, rerun the job on the same hydra.run.dir).")
+                started = None
             time.sleep(1.0)
 
     def broadcast_variables(self, variables: list) -> None:
