@@ -364,7 +364,7 @@ class AugmentConfig:
     rate: float = fraction(0.1, closed_low=False)  # share of a text's words each operation changes
     neighbours: int = positive(5)  # a word's nearest embedding neighbours to choose from
     min_similarity: float = fraction(0.4)  # cosine similarity a neighbour needs
-    seed: int | None = 0  # must be set: every rank makes the same copies
+    seed: int = 0  # never null: every rank of a distributed job must make the same copies
 
 
 @dataclass

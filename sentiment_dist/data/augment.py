@@ -14,7 +14,7 @@ one operation applied to about `rate` of its words:
 Back-translation, the other classic, needs a translation model, which no
 machine here can download; it is not offered. Everything is drawn from one
 seeded generator in input order, so every rank of a distributed job makes the
-same copies (the seed is required for that reason). This is a loop in Python
+same copies (the schema has no null seed to give, for that reason). This is a loop in Python
 over examples, run once before training on the small target sets it is for;
 the training input pipeline is untouched.
 """
@@ -25,8 +25,6 @@ import re
 
 import numpy as np
 from omegaconf import DictConfig
-
-from sentiment_dist.runtime.errors import UserError
 
 OPERATIONS = ("synonym", "insert", "swap", "delete")
 _WORD = re.compile(r"[^\w']+")
@@ -58,9 +56,6 @@ def augment(texts: np.ndarray, labels: np.ndarray, cfg: DictConfig, neighbours: 
     """`texts` and `labels` followed by `cfg.copies` augmented copies of each (as `finetune.augment` says)."""
     if cfg.copies == 0:
         return texts, labels
-    if cfg.seed is None:
-        raise UserError("finetune.augment.seed is null: augmentation must make the same copies on every rank of "
-                        "a distributed job; set finetune.augment.seed to a number.")
     rng = np.random.default_rng(cfg.seed)
     operations = [str(op) for op in cfg.operations]
     made = []
