@@ -160,10 +160,12 @@ def main() -> None:
 
 
 def write(args, stages: dict, reports: dict) -> None:
-    chain = [{"stage": name, "status": stage["status"], "wall_s": stage.get("wall_seconds"),
-              "what": detail(name, stage)} for name, stage in stages.items()]
-    chain_seconds = sum(stages[name].get("wall_seconds") or 0 for name in ("lm", "classifier_reviews", "finetune_amazon"))
-    tables = [("The review encoder chain (2 CPU cores)", chain,
+    stage_rows = [{"stage": name, "status": stage["status"], "wall_s": stage.get("wall_seconds"),
+                   "what": detail(name, stage)} for name, stage in stages.items()]
+    chain = ("lm", "classifier_reviews", "finetune_amazon")
+    untimed = [name for name in chain if stages[name].get("wall_seconds") is None]
+    chain_seconds = None if untimed else sum(stages[name]["wall_seconds"] for name in chain)
+    tables = [("The review encoder chain (2 CPU cores)", stage_rows,
                [("stage", "stage"), ("status", "status"), ("wall_s", "wall s"), ("what", "result")])]
     verdicts = []
     for target, report in reports.items():
@@ -192,7 +194,9 @@ def write(args, stages: dict, reports: dict) -> None:
                    [("target", "target"), ("n", "N"), ("headline", "metric"), ("best_finetuned", "best fine-tuned"),
                     ("best_baseline", "best baseline"), ("margin", "margin"), ("finetune_wins", "fine-tuning wins")]))
     notes = [
-        f"Chain (language model + reviews classifier + fine-tuning on every Amazon label): {chain_seconds / 60:.1f} minutes.",
+        "Chain (language model + reviews classifier + fine-tuning on every Amazon label): " + (
+            f"{chain_seconds / 60:.1f} minutes." if chain_seconds is not None else
+            f"not timed: no wall time was recorded for {', '.join(untimed)} (run with --fresh to time every stage)."),
         "Sources never include their target: Amazon targets use the IMDB + Flipkart classifier, Flipkart the IMDB one. "
         "The language model read every source's training texts and the Amazon training split, no test text.",
         "TF-IDF baselines: 1-2 grams, sublinear tf, min_df 2, logistic regression with C (and, for source + target, the "
