@@ -4,13 +4,17 @@ under single, mirrored and horovod."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
+import subprocess
+import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import horovodrun, module, read_json, run, tiny_model, tiny_trainer
+from conftest import cli_env, horovodrun, module, read_json, run, tiny_model, tiny_trainer
 from omegaconf import OmegaConf
 
 from sentiment_dist.data.pipeline import extend_vocabulary, make_vectorizer
@@ -200,6 +204,30 @@ def test_transfer_report_compares_every_method_at_every_size_and_resumes(source_
     assert "Resuming the transfer report" in result.stdout + result.stderr
     assert (tmp_path / "run" / "transfer_report_points.jsonl").read_text() == points
     assert read_json(tmp_path / "run" / "transfer_report.json")["summary"] == report["summary"]
+
+
+def test_a_transfer_report_stopped_by_sigterm_keeps_its_points_and_resumes_them(source_run, tmp_path):
+    """A preempted report (SIGTERM between points) keeps its run dir: the points are its checkpoint."""
+    command = module("transfer_report", "debug=tiny", "trainer.verbose=false", f"finetune.source={source_run}",
+                     "report.sizes=[64]", "report.schedules=[gradual]", "report.helpers=[]",
+                     f"hydra.run.dir={tmp_path}/run")
+    points_file = tmp_path / "run" / "transfer_report_points.jsonl"
+    with open(tmp_path / "first.log", "w") as log:
+        report = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while report.poll() is None and not (points_file.exists() and points_file.read_text().count("\n") >= 2):
+            assert time.monotonic() < deadline, "no transfer report point was written in 4 minutes"
+            time.sleep(0.2)
+        report.send_signal(signal.SIGTERM)
+        assert report.wait(timeout=120) != 0, "the report finished before it could be stopped; give it more work"
+    finished = [json.loads(line)["method"] for line in points_file.read_text().splitlines()]
+    assert finished and not (tmp_path / "run" / "transfer_report.json").exists()
+    result = run(command, cwd=tmp_path)
+    assert f"Resuming the transfer report: {len(finished)} points" in result.stdout + result.stderr
+    rows = [json.loads(line) for line in points_file.read_text().splitlines()]
+    assert [row["method"] for row in rows[:len(finished)]] == finished  # kept, not run again
+    assert {row["method"] for row in read_json(tmp_path / "run" / "transfer_report.json")["summary"]} >= {
+        "source_as_is", "scratch", "finetune_gradual"}
 
 
 def test_multi_optimizer_cannot_freeze_a_group():

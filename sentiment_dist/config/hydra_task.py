@@ -39,10 +39,11 @@ log = logging.getLogger(__name__)
 # conf/ sits beside the package in a checkout; an installed copy (Docker)
 # points at it with SENTIMENT_DIST_CONF.
 CONFIG_DIR = os.environ.get("SENTIMENT_DIST_CONF", str(Path(__file__).resolve().parent.parent.parent / "conf"))
-# What makes a failed run's dir worth keeping: a finished stage, or a checkpoint to resume from
-# (TensorFlow's state file). Anything else (Hydra's config and log, W&B's run, a history with no
-# checkpoint beside it) is removed with it.
-_KEEPSAKES = {"metrics.json", "checkpoint"}
+# What makes a failed run's dir worth keeping: a finished stage, a checkpoint to resume from
+# (TensorFlow's state file), or a transfer report's finished points. Anything else (Hydra's config
+# and log, W&B's run, a history with no checkpoint beside it) is removed with it. RunDir's names,
+# spelled out here because importing it would import Keras before a config mistake is reported.
+_KEEPSAKES = {"metrics.json", "checkpoint", "transfer_report_points.jsonl"}
 
 
 def fail(message: str) -> NoReturn:
