@@ -16,7 +16,7 @@ The chain, every stage a run of the real CLI in `benchmarks/data/runs/transfer_r
    `--repeats` seeded samples (mean and std).
 
 Targets: `amazon_binary` (the Amazon 5-class sample with Neutral dropped), `flipkart`
-(binary, 3 stars dropped; 79% positive, so macro-F1 leads; seeded samples of 2,000 train and
+(binary, 3 stars dropped; 79% positive, so macro-F1 leads; seeded samples of 1,000 train and
 800 test reviews from the full file's splits, so that N=all fits in the benchmark's time), and the 5- and 3-class Amazon
 sets (`amazon`, `amazon_3class`: a binary source moved to more classes by a new head).
 The Amazon sample is split once (70/30, stratified on the five classes; the files go to
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--classifier-epochs", type=int, default=3)
     parser.add_argument("--schedules", nargs="+", default=["gradual", "frozen"])
     parser.add_argument("--report", nargs="*", default=[], help="extra overrides for every transfer_report")
-    parser.add_argument("--flipkart-target-rows", type=int, nargs=2, default=[2000, 800], metavar=("TRAIN", "TEST"),
+    parser.add_argument("--flipkart-target-rows", type=int, nargs=2, default=[1000, 800], metavar=("TRAIN", "TEST"),
                         help="the Flipkart target: seeded samples of the full file's train and test splits (59,579 "
                              "and 17,022 rows): at N=all every method trains on the whole train sample, three "
                              "times, which for the full file would take most of a day on 2 CPU cores")
