@@ -31,6 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.config import schema, search
+from sentiment_dist.jobs.rundir import RunDir
 from sentiment_dist.runtime.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, Preempted, UserError
 from sentiment_dist.runtime.launch import is_launch_chief, launch_rank
 
@@ -39,11 +40,6 @@ log = logging.getLogger(__name__)
 # conf/ sits beside the package in a checkout; an installed copy (Docker)
 # points at it with SENTIMENT_DIST_CONF.
 CONFIG_DIR = os.environ.get("SENTIMENT_DIST_CONF", str(Path(__file__).resolve().parent.parent.parent / "conf"))
-# What makes a failed run's dir worth keeping: a finished stage, a checkpoint to resume from
-# (TensorFlow's state file), or a transfer report's finished points. Anything else (Hydra's config
-# and log, W&B's run, a history with no checkpoint beside it) is removed with it. RunDir's names,
-# spelled out here because importing it would import Keras before a config mistake is reported.
-_KEEPSAKES = {"metrics.json", "checkpoint", "transfer_report_points.jsonl"}
 
 
 def fail(message: str) -> NoReturn:
@@ -124,10 +120,11 @@ def run_dir_given() -> bool:
 
 
 def _is_disposable(directory: str) -> bool:
-    """True when `directory` holds nothing to resume or read."""
+    """True when `directory` holds nothing to resume or read (RunDir.RESUMABLE). Anything else
+    (Hydra's config and log, W&B's run, a history with no checkpoint beside it) goes with it."""
     if not os.path.isdir(directory):
         return False
-    return not any(_KEEPSAKES & set(files) for _, _, files in os.walk(directory))
+    return not any(set(RunDir.RESUMABLE) & set(files) for _, _, files in os.walk(directory))
 
 
 def _remove_run_dir(directory: str) -> None:

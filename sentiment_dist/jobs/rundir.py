@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import keras
 from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.runtime.io import atomic_write, atomic_write_json, atomic_write_text, read_json
+
+if TYPE_CHECKING:  # Keras is imported where a model is loaded: the CLI's cleanup reads RunDir's names first
+    import keras
 
 
 class RunDir:
@@ -35,7 +38,11 @@ class RunDir:
     REPORT_PLOT = "transfer_report.png"
     REPORT_POINTS = "transfer_report_points.jsonl"  # finished points, appended as they finish (resume)
     CHECKPOINTS = "checkpoints"
+    CHECKPOINT_STATE = "checkpoint"  # TensorFlow's state file in CHECKPOINTS: a checkpoint was written
     BEST_WEIGHTS = "best.weights.h5"
+    # What makes a failed run's dir worth keeping: a finished stage, a checkpoint to resume from, or a
+    # transfer report's finished points.
+    RESUMABLE = (METRICS, CHECKPOINT_STATE, REPORT_POINTS)
     # What a W&B model artifact holds, per kind of run.
     CLASSIFIER_FILES = (MODEL, VOCABULARY, LABELS, CONFIG, METRICS)
     LANGUAGE_MODEL_FILES = (LANGUAGE_MODEL, VOCABULARY, CONFIG, METRICS)
@@ -141,6 +148,8 @@ class RunDir:
             raise UserError(f"run directory {self.path} does not exist; pass the path printed by training.")
         model_path = self.require(self.MODEL)
         label_names, config, vocabulary = self.read_labels(), self.read_config(), self.read_vocabulary()
+        import keras
+
         try:
             model = keras.models.load_model(model_path, safe_mode=True, compile=False)
         except Exception as err:  # zip / h5 / config errors: a damaged file
