@@ -58,11 +58,14 @@ def two_free_ports() -> int:
 def test_two_workers_start_from_slurm_variables_alone(tmp_path):
     """What `srun --ntasks=2` on one node gives each task, and nothing else (no TF_CONFIG)."""
     port = two_free_ports()
-    job_id = 4242
+    # The job's port is slurm_port_base + job_id % 10000, and the base must stay <= 55535: pick the
+    # base below the free port and the job id that lands on it (a fixed job id failed for high ports).
+    port_base = min(port - 5000, 55535)
+    job_id = 40000 + port - port_base
     run_dir = tmp_path / "run"
     command = module("train", *TINY, "trainer.epochs=1", "dataset.max_rows=256", "trainer.batch_size=16",
                      "strategy=multiworker", "strategy.cluster_resolver=slurm",
-                     f"strategy.slurm_port_base={port - job_id % 10000}", f"hydra.run.dir={run_dir}")
+                     f"strategy.slurm_port_base={port_base}", f"hydra.run.dir={run_dir}")
     slurm = {"SLURM_JOB_ID": str(job_id), "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "2",
              "SLURM_NTASKS": "2", "SLURM_NNODES": "1"}
     workers = [subprocess.Popen(command, cwd=tmp_path, env=cli_env(**slurm, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)),
