@@ -115,11 +115,11 @@ def test_augmentation_adds_labelled_copies_the_same_on_every_call():
 
 
 def test_augmentation_without_a_seed_is_refused_before_anything_trains(tmp_path):
-    """Unseeded copies would differ between ranks: the schema has no null seed to give."""
+    """Unseeded copies would differ between ranks: a null seed is refused in one sentence at compose time."""
     result = run(module("finetune", *TINY, "finetune/augment=eda", "finetune.augment.seed=null"), cwd=tmp_path,
                  check=False)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "field 'finetune.augment.seed' is not Optional" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "finetune.augment.seed=null: every rank of a distributed job must make the same copies" in result.stderr
     assert not (tmp_path / "outputs").exists()
 
 

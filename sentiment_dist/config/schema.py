@@ -54,6 +54,12 @@ def fraction(default: Any = MISSING, *, closed_low: bool = True) -> Any:
     return _field(default, "must be between 0 and 1 (exclusive)", lambda v: 0 < v < 1)
 
 
+def never_null(default: Any, why: str) -> Any:
+    """A value that must not be null. Typed Optional so that a null reaches `check_ranges` and is
+    refused in this project's sentence and exit code, not in the type checker's words."""
+    return field(default=default, metadata={"when_null": why})
+
+
 def between(low: float, high: float, default: Any = MISSING) -> Any:
     return _field(default, f"must be between {low:g} and {high:g}", lambda v: low <= v <= high)
 
@@ -364,7 +370,7 @@ class AugmentConfig:
     rate: float = fraction(0.1, closed_low=False)  # share of a text's words each operation changes
     neighbours: int = positive(5)  # a word's nearest embedding neighbours to choose from
     min_similarity: float = fraction(0.4)  # cosine similarity a neighbour needs
-    seed: int = 0  # never null: every rank of a distributed job must make the same copies
+    seed: int | None = never_null(0, "every rank of a distributed job must make the same copies; set an integer seed")
 
 
 @dataclass
@@ -617,6 +623,8 @@ def _check_node(node: Any, prefix: str) -> None:
             continue
         value = node[key]
         rule = rules.get(key, {})
+        if value is None and "when_null" in rule:
+            raise UserError(f"{path}=null: {rule['when_null']}.")
         if "test" in rule and value is not None and not isinstance(value, bool):
             plain = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
             if not rule["test"](plain):
