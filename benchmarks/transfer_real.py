@@ -206,7 +206,7 @@ def write(args, stages: dict, reports: dict) -> None:
     notes = [
         "Chain (language model + reviews classifier + fine-tuning on every Amazon label): " + (
             f"{chain_seconds / 60:.1f} minutes." if chain_seconds is not None else
-            f"not timed: no wall time was recorded for {', '.join(untimed)} (run with --fresh to time every stage)."),
+            f"not timed: no wall time was recorded for {', '.join(untimed)} (`--name transfer_real_chain --targets` times a fresh chain in its own runs dir; `--fresh` reruns these)."),
         "Sources never include their target: Amazon targets use the IMDB + Flipkart classifier, Flipkart the IMDB one. "
         "The language model read every source's training texts and the Amazon training split, no test text.",
         "TF-IDF baselines: 1-2 grams, sublinear tf, min_df 2, logistic regression with C (and, for source + target, the "
