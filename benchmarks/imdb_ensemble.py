@@ -89,11 +89,10 @@ LENGTH_BUCKETS = [(0, 200), (200, 400), (400, 800), (800, None)]
 def accuracy_by_length(run: Path, texts: list[str], labels: np.ndarray, rows: list[dict],
                        probabilities: list[np.ndarray]) -> tuple[list[dict], list[tuple[str, str]]]:
     """Each model's accuracy per review-length bucket: where truncation at model.sequence_length costs."""
-    from sentiment_dist.data.pipeline import make_vectorizer, vectorized_batches
+    from sentiment_dist.data.tokens import Encoder
     from sentiment_dist.jobs.rundir import RunDir
 
-    vectorizer = make_vectorizer(None, RunDir(str(run)).read_vocabulary())
-    lengths = np.concatenate([batch.row_lengths().numpy() for batch in vectorized_batches(vectorizer, np.array(texts))])
+    _, lengths = Encoder(RunDir(str(run)).read_vocabulary()).encode(np.array(texts, dtype=object))
     masks = {(low, high): (lengths > low) & ((lengths <= high) if high else True) for low, high in LENGTH_BUCKETS}
     names = {bucket: (f"{bucket[0] + 1}-{bucket[1]}" if bucket[1] else f">{bucket[0]}") for bucket in masks}
     table = []

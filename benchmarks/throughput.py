@@ -127,8 +127,8 @@ def in_process(args, skip: set[str]) -> dict:
 
     from sentiment_dist.config import schema
     from sentiment_dist.config.hydra_task import CONFIG_DIR, register_resolvers
-    from sentiment_dist.data.pipeline import TokenizedSplit, training_batches
-    from sentiment_dist.jobs.inputs import classifier_inputs
+    from sentiment_dist.data.inputs import classifier_inputs
+    from sentiment_dist.data.pipeline import training_batches
     from sentiment_dist.models.classifier import build_classifier
     from sentiment_dist.runtime.distribute import InputShard, make_distribution
     from sentiment_dist.training.loop import Trainer
@@ -171,8 +171,7 @@ def in_process(args, skip: set[str]) -> dict:
         with dist.scope():
             model = build_classifier(cfg.model, len(vocabulary), classes)
         trainer = Trainer(dist, model, classes, cfg.trainer, cfg.seed)
-        small = TokenizedSplit(*(a[:batch] for a in (inputs.splits.validation.tokens, inputs.splits.validation.labels,
-                                                       inputs.splits.validation.weights)))  # validation is not timed
+        small = inputs.splits.validation.subset(range(batch))  # validation is not timed
         history = trainer.fit(train, small, epochs, callbacks=[], verbose=False)
         return [epoch["examples_per_second"] for epoch in history.epochs]
 
@@ -183,7 +182,7 @@ def in_process(args, skip: set[str]) -> dict:
         optimizer = keras.optimizers.Adam(cfg.trainer.learning_rate, global_clipnorm=cfg.trainer.gradient_clip_norm)
         model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=False)
         timer = EpochTimer()
-        model.fit(train.tokens[:used], train.labels[:used], batch_size=batch, epochs=epochs, shuffle=True,
+        model.fit(train.rows(range(used)), train.labels[:used], batch_size=batch, epochs=epochs, shuffle=True,
                   verbose=0, callbacks=[timer])
         return timer.rates
 

@@ -15,7 +15,9 @@ def main(cfg: DictConfig) -> dict:
     import numpy as np
 
     from sentiment_dist.data import load_dataset
-    from sentiment_dist.data.pipeline import tokenize_split
+    from sentiment_dist.data.inputs import prepared_store
+    from sentiment_dist.data.tokenizer import VocabularyRequest
+    from sentiment_dist.data.tokens import tokenize_split
     from sentiment_dist.jobs.plots import format_metrics_table, plot_confusion
     from sentiment_dist.jobs.rundir import RunDir
     from sentiment_dist.runtime.distribute import make_distribution
@@ -25,13 +27,17 @@ def main(cfg: DictConfig) -> dict:
     with dist.scope():
         run = RunDir(cfg.run_dir).load_classifier()
     dataset_cfg = cfg.get("dataset") or run.config.dataset
-    data = load_dataset(dataset_cfg)
-    if data.label_names != run.label_names:
+    if dataset_cfg.get("prepared"):  # memory-mapped: each rank reads its slice of every batch
+        store = prepared_store(cfg, dist, VocabularyRequest(base=tuple(run.vocabulary)), dataset=dataset_cfg)
+        label_names, test = store.label_names, store.split("test", run.vectorizer.get_config()["output_sequence_length"])
+    else:
+        data = load_dataset(dataset_cfg)
+        label_names, test = data.label_names, tokenize_split(run.vectorizer, data.test.texts, data.test.labels)
+    if label_names != run.label_names:
         raise UserError(
-            f"the dataset's classes {data.label_names} differ from the model's {run.label_names}; "
+            f"the dataset's classes {label_names} differ from the model's {run.label_names}; "
             "evaluate on data with the same label mapping (dataset.label_mapping.classes)."
         )
-    test = tokenize_split(run.vectorizer, data.test.texts, data.test.labels)
     evaluator = Evaluator(dist, run.classifier, len(run.label_names), cfg.batch_size * dist.num_replicas)
     metrics = evaluator.evaluate(test, run.threshold).metrics(run.label_names)
     if dist.is_chief:

@@ -16,7 +16,7 @@ from sentiment_dist.config.hydra_task import CONFIG_DIR
 from sentiment_dist.runtime.errors import UserError
 
 CONF = Path(CONFIG_DIR)
-TASKS = ("train", "pretrain", "finetune", "ulmfit", "transfer_report", "evaluate")
+TASKS = ("train", "pretrain", "finetune", "ulmfit", "transfer_report", "evaluate", "prepare")
 # The group each task composes a group's options under (evaluate has only strategy and dataset).
 TASK_OF_GROUP = {"finetune": "finetune", "lm": "pretrain", "report": "transfer_report"}
 SKIPPED_GROUPS = {"hydra", "experiment", "debug", "debug_task", "base", "hparams_search"}  # hparams_search: tests/test_search.py
@@ -67,7 +67,7 @@ def test_every_experiment_composes_under_its_task(option):
     assert cfg["model"]["name"] and cfg["dataset"]["name"]
 
 
-@pytest.mark.parametrize("task", [t for t in TASKS if t != "evaluate"])
+@pytest.mark.parametrize("task", [t for t in TASKS if t not in ("evaluate", "prepare")])
 @pytest.mark.parametrize("mode", [m for m in options("debug") if m != "none"])
 def test_every_debug_mode_composes_under_every_task(task, mode):
     cfg = resolved(task, f"debug={mode}")

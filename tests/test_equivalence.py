@@ -134,3 +134,19 @@ def test_a_different_global_batch_gives_different_weights(single_run, tmp_path):
     run(module("train", *COMMON, f"trainer.batch_size={GLOBAL_BATCH // 2}", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
     with pytest.raises(AssertionError, match="weights differ"):
         assert_same_weights(single_run, tmp_path / "run")
+
+
+@pytest.mark.parametrize("strategy", ["single", *sorted(HALF_BATCH_LAUNCHES)])
+def test_a_prepared_store_trains_the_model_the_in_memory_path_trains(single_variant_runs, strategy, tmp_path, request):
+    """`dataset.prepared=auto` (the chief prepares, every rank memory-maps, each gathers its slice of every
+    global batch) gives the weights of the in-memory single-device run, batches cut by length included."""
+    if strategy == "horovod":
+        request.getfixturevalue("horovod_available")
+    args = [*common("batch_by_length"), "dataset.prepared=auto", f"paths.prepared_dir={tmp_path}/prepared",
+            f"hydra.run.dir={tmp_path}/run"]
+    if strategy == "single":
+        run(module("train", *args, f"trainer.batch_size={GLOBAL_BATCH}"), cwd=tmp_path)
+    else:
+        run(HALF_BATCH_LAUNCHES[strategy](*args, f"trainer.batch_size={GLOBAL_BATCH // 2}"), cwd=tmp_path)
+    assert len(list((tmp_path / "prepared").glob("*/manifest.json"))) == 1  # prepared once, by the chief
+    assert_same_weights(single_variant_runs("batch_by_length"), tmp_path / "run")

@@ -17,7 +17,7 @@ import tensorflow as tf
 from conftest import cli_env, horovodrun, module, read_json, run, tiny_model, tiny_trainer
 from omegaconf import OmegaConf
 
-from sentiment_dist.data.pipeline import extend_vocabulary, make_vectorizer
+from sentiment_dist.data.tokenizer import count_words, extend_vocabulary, make_vectorizer
 from sentiment_dist.jobs.transfer import copy_layers, trainable_groups
 from sentiment_dist.models.classifier import build_classifier, group_variables, layer_group
 from sentiment_dist.runtime.distribute import Distribution
@@ -37,7 +37,7 @@ def below_head(model):
 def test_extend_vocabulary_keeps_every_source_id_and_appends_new_tokens():
     source = ["", "[UNK]", "good", "movie", "plot"]
     texts = np.array(["good battery battery", "battery delivery good", "delivery fast"], dtype=object)
-    extended = extend_vocabulary(source, texts, max_new_tokens=2)
+    extended = extend_vocabulary(source, *count_words(texts), max_new_tokens=2)
     assert extended[: len(source)] == source
     assert extended[len(source) :] == ["battery", "delivery"]
     old, new = make_vectorizer(6, source), make_vectorizer(6, extended)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_model
 
-from sentiment_dist.data.pipeline import make_vectorizer
+from sentiment_dist.data.tokenizer import make_vectorizer
 from sentiment_dist.models.classifier import (
     ENCODERS,
     GROUPS,

@@ -11,15 +11,12 @@ from conftest import tiny_model
 
 from sentiment_dist.data.pipeline import (
     SORTISH_CHUNK_BATCHES,
-    TokenizedSplit,
-    build_vocabulary,
     evaluation_batches,
-    make_vectorizer,
     sortish_order,
-    token_counts,
     training_batches,
-    vectorize_windows,
 )
+from sentiment_dist.data.tokenizer import build_vocabulary, make_vectorizer
+from sentiment_dist.data.tokens import Encoder, TokenizedSplit
 from sentiment_dist.models.classifier import build_classifier, inference_model
 from sentiment_dist.runtime.distribute import InputShard
 
@@ -51,23 +48,24 @@ def test_windows_hold_every_token_of_each_text_in_order():
     texts = np.array(["one two three four five six seven", "", "two three", "eight one"])
     vocabulary = build_vocabulary(texts, vocab_size=None)
     ids = {token: index for index, token in enumerate(vocabulary)}
-    rows = vectorize_windows(vocabulary, texts, 3)
+    split = Encoder(vocabulary).split(texts, np.zeros(4, np.int32), width=3)
+    rows = split.windows(3).tokens
     expected = [["one", "two", "three"], ["four", "five", "six"], ["seven"], ["two", "three"], ["eight", "one"]]
     assert rows.shape == (5, 3) and rows.dtype == np.int32  # each text starts a row; the empty one has none
     for row, words in zip(rows, expected, strict=True):
         np.testing.assert_array_equal(row, [ids[w] for w in words] + [0] * (3 - len(words)))
-    assert vectorize_windows(vocabulary, texts[1:2], 3).shape == (0, 3)
+    assert split.subset([1]).windows(3).tokens.shape == (0, 3)
 
 
 def padded_split(n: int, longest: int, seed: int = 0) -> TokenizedSplit:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, longest + 1, n)
     tokens = np.where(np.arange(longest)[None, :] < lengths[:, None], rng.integers(1, 50, (n, longest)), 0)
-    return TokenizedSplit(tokens.astype(np.int32), np.arange(n, dtype=np.int32), np.ones(n, np.float32))
+    return TokenizedSplit.from_matrix(tokens.astype(np.int32), np.arange(n, dtype=np.int32), np.ones(n, np.float32))
 
 
 def test_sortish_order_holds_whole_batches_of_similar_lengths_in_a_new_order_each_epoch():
-    lengths = token_counts(padded_split(1000, 400).tokens)
+    lengths = padded_split(1000, 400).row_lengths
     global_batch = 8
     order = sortish_order(lengths, global_batch, seed=1, epoch=0)
     assert len(order) == 1000 and len(set(order)) == 1000  # 1000 = 125 whole batches: nothing dropped
@@ -91,7 +89,7 @@ def test_length_batches_are_cut_to_their_longest_row_and_split_alike_over_ranks(
     assert sorted(np.concatenate([labels for _, labels, _ in whole])) == list(range(96))
     for tokens, labels, _ in whole:
         np.testing.assert_array_equal(tokens, split.tokens[labels][:, : tokens.shape[1]])  # the rows, in full
-        assert tokens.shape[1] == token_counts(split.tokens[labels]).max()  # cut to the longest
+        assert tokens.shape[1] == split.row_lengths[labels].max()  # cut to the longest
     # two processes (Horovod, multi-worker) each take half of every global batch, at its length
     halves = [collect(training_batches(split, 16, 3, 2, InputShard(rank, 2, 2), by_length=True)) for rank in (0, 1)]
     for (tokens, labels, _), first, second in zip(whole, *halves, strict=True):

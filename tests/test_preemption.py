@@ -228,13 +228,14 @@ def test_every_kind_of_damage_is_found_before_restoring(tmp_path, how):
 def test_a_resumed_epoch_takes_the_batches_an_uninterrupted_one_would(by_length):
     """`start` skips the examples already trained on; `order_batch` keeps the epoch's order when
     the global batch changed since (an elastic job that lost a worker, per_worker)."""
-    from sentiment_dist.data.pipeline import TokenizedSplit, training_batches
+    from sentiment_dist.data.pipeline import training_batches
+    from sentiment_dist.data.tokens import TokenizedSplit
     from sentiment_dist.runtime.distribute import InputShard
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 12, 200)
     tokens = np.where(np.arange(12) < lengths[:, None], rng.integers(1, 50, (200, 12)), 0).astype(np.int32)
-    split = TokenizedSplit(tokens, np.arange(200, dtype=np.int32), np.ones(200, np.float32))  # label = row
+    split = TokenizedSplit.from_matrix(tokens, np.arange(200, dtype=np.int32), np.ones(200, np.float32))  # label = row
 
     def rows(global_batch, start=0, order_batch=None):
         batches = training_batches(split, global_batch, 7, 3, InputShard(0, 1, 1), by_length, start, order_batch)

@@ -17,7 +17,7 @@ from conftest import cli_env, composed, horovodrun, module, read_json, run, tiny
 from omegaconf import OmegaConf
 
 from sentiment_dist.data import load_dataset
-from sentiment_dist.data.pipeline import TokenizedSplit, make_vectorizer, vectorize, vectorize_windows
+from sentiment_dist.data.tokens import Encoder, TokenizedSplit
 from sentiment_dist.jobs.rundir import RunDir
 from sentiment_dist.jobs.transfer import check_compatible, pretrained_classifier
 from sentiment_dist.models.classifier import build_classifier, group_variables
@@ -90,7 +90,7 @@ def test_held_out_perplexity_is_the_full_softmax_over_every_real_token():
     tokens = np.zeros((5, 8), np.int32)
     for row, length in enumerate(lengths):
         tokens[row, :length] = rng.integers(1, 10, length)
-    split = TokenizedSplit(tokens, np.zeros(5, np.int32), np.ones(5, np.float32))
+    split = TokenizedSplit.from_matrix(tokens, np.zeros(5, np.int32), np.ones(5, np.float32))
     task = LanguageModelTask(10, num_sampled=None)
     result = task.evaluator(Distribution(OmegaConf.create({"name": "single"})), lm, 2).evaluate(split)
     expected_tokens = sum(max(n - 1, 0) for n in lengths)
@@ -106,7 +106,7 @@ def test_held_out_perplexity_is_the_full_softmax_over_every_real_token():
 
 def test_heads_start_from_the_unigram_distribution():
     tokens = np.array([[2, 2, 2, 3, 0], [2, 4, 0, 0, 0]], np.int32)
-    bias = unigram_log_frequencies(tokens, vocab_size=6)
+    bias = unigram_log_frequencies(TokenizedSplit.from_matrix(tokens, np.zeros(2, np.int32)).id_counts(6))
     counts = np.array([0, 0, 4, 1, 1, 0]) + 1.0  # padding not counted; add-one smoothing
     np.testing.assert_allclose(bias, np.log(counts / counts.sum()), rtol=1e-6)
 
@@ -131,12 +131,13 @@ def test_lm_loss_falls_and_perplexity_is_measured_on_held_out_text(exact_run):
     cfg = composed("pretrain", *EXACT)
     vocabulary = (exact_run / "vocabulary.txt").read_text().splitlines()
     data = load_dataset(cfg.dataset)
-    ids = vectorize_windows(vocabulary, data.test.texts, cfg.model.sequence_length)
-    assert metrics["test"]["tokens"] == int(np.maximum((ids > 0).sum(1) - 1, 0).sum())
+    encoder, width = Encoder(vocabulary), cfg.model.sequence_length
+    windows = encoder.split(data.test.texts, data.test.labels, width).windows(width)
+    assert metrics["test"]["tokens"] == int(np.maximum(windows.row_lengths - 1, 0).sum())
     # lm.whole_texts: the LM trains on every token, not on each text's first window only
-    every_token = sum(len(row) for row in make_vectorizer(None, vocabulary)(data.train.texts.astype(str)).numpy())
-    first_windows = vectorize(make_vectorizer(cfg.model.sequence_length, vocabulary), data.train.texts)
-    assert metrics["environment"]["train_tokens"] == every_token > int((first_windows > 0).sum())
+    train = encoder.split(data.train.texts, data.train.labels, width)
+    every_token = int(np.asarray(train.lengths).sum())
+    assert metrics["environment"]["train_tokens"] == every_token > int(train.row_lengths.sum())
     assert math.isclose(metrics["test"]["perplexity"], math.exp(metrics["test"]["loss"]))
     assert 1 < metrics["test"]["perplexity"] < len(vocabulary)
     assert {"config.yaml", "vocabulary.txt", LM_WEIGHTS_FILE} <= {p.name for p in exact_run.iterdir()}
@@ -269,7 +270,7 @@ def test_evaluation_padding_rows_cannot_make_the_loss_nan():
 
     model = build_classifier(tiny_cfg(pooling="mean"), vocab_size=10, num_classes=2)
     tokens = np.random.default_rng(0).integers(1, 10, size=(3, 8)).astype(np.int32)
-    split = TokenizedSplit(tokens, np.array([0, 1, 0], np.int32), np.ones(3, np.float32))
+    split = TokenizedSplit.from_matrix(tokens, np.array([0, 1, 0], np.int32), np.ones(3, np.float32))
     result = Evaluator(Distribution(OmegaConf.create({"name": "single"})), model, 2, global_batch=2).evaluate(split)
     assert math.isfinite(result.loss) and result.count == 3
 
@@ -281,13 +282,12 @@ def test_held_out_perplexity_uses_a_fixed_seeded_sample_of_the_split():
     in order, and only texts of that split."""
     from sentiment_dist.data.pipeline import held_out_sample
 
-    texts = np.array([f"review {i}" for i in range(100)])
-    sample = held_out_sample(texts, 10, seed=42)
-    assert len(sample) == 10 and len(set(sample)) == 10 and set(sample) <= set(texts)
-    assert list(sample) == sorted(sample, key=lambda t: int(t.split()[1]))
-    assert list(held_out_sample(texts, 10, seed=42)) == list(sample)
-    assert list(held_out_sample(texts, 10, seed=7)) != list(sample)
-    assert held_out_sample(texts, None, seed=42) is texts and held_out_sample(texts, 500, seed=42) is texts
+    sample = held_out_sample(100, 10, seed=42)
+    assert len(sample) == 10 and len(set(sample)) == 10 and set(sample) <= set(range(100))
+    assert list(sample) == sorted(sample)
+    assert list(held_out_sample(100, 10, seed=42)) == list(sample)
+    assert list(held_out_sample(100, 10, seed=7)) != list(sample)
+    assert list(held_out_sample(100, None, seed=42)) == list(range(100)) == list(held_out_sample(100, 500, seed=42))
 
 
 def test_continued_pretraining_trains_each_group_at_its_own_rate():

@@ -14,7 +14,7 @@ import tensorflow as tf
 from conftest import TINY, cli_env, horovodrun, module, multiworker, read_json, run, tiny_model, tiny_trainer
 from omegaconf import OmegaConf
 
-from sentiment_dist.data.pipeline import TokenizedSplit
+from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.models.classifier import build_classifier
 from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.training.callbacks import make_callbacks
@@ -78,8 +78,8 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     trainer = Trainer(SINGLE, model, 2, cfg, seed=0)
     rng = np.random.default_rng(0)
     tokens, labels = rng.integers(1, 20, size=(32, 10)).astype("int32"), rng.integers(0, 2, 32).astype("int32")
-    good = TokenizedSplit(tokens, labels, np.ones(32, "float32"))
-    poisoned = TokenizedSplit(tokens, labels, np.full(32, np.nan, "float32"))
+    good = TokenizedSplit.from_matrix(tokens, labels, np.ones(32, "float32"))
+    poisoned = TokenizedSplit.from_matrix(tokens, labels, np.full(32, np.nan, "float32"))
     checkpoints = str(tmp_path / "checkpoints")
     trainer.fit(good, good, epochs=1, callbacks=[Checkpointer(SINGLE, checkpoints)], verbose=False)
     kept = tf.train.latest_checkpoint(checkpoints)

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY, module, run, tiny_model, tiny_trainer
 from omegaconf import OmegaConf
 
-from sentiment_dist.data.pipeline import TokenizedSplit
+from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.models.classifier import build_classifier, group_variables
 from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.training.checkpoint import Checkpointer
@@ -51,7 +51,7 @@ def train(ema_momentum: float | None, epochs: int = 2, grouped: bool = False, sc
     trainer = Trainer(dist, model, 2, cfg, seed=0, groups=groups)
     rng = np.random.default_rng(0)
     tokens, labels = rng.integers(1, 20, size=(40, 10)).astype("int32"), rng.integers(0, 2, 40).astype("int32")
-    split = TokenizedSplit(tokens, labels, np.ones(40, "float32"))
+    split = TokenizedSplit.from_matrix(tokens, labels, np.ones(40, "float32"))
     recorder = RawWeights()
     history = trainer.fit(split, split, epochs=epochs, callbacks=[recorder, Checkpointer(dist, checkpoint_dir)],
                           verbose=False, schedule=schedule)

@@ -279,6 +279,9 @@ class TrainerConfig:
     resume: bool = True
     verbose: bool = True
     deterministic: bool = False
+    # Stop after this many training steps in all (mid-epoch: that epoch is validated and ends the
+    # run): smoke runs, and benchmarks over corpora whose epoch would take hours. null: every epoch.
+    max_steps: int | None = positive(None)
 
 
 @dataclass
@@ -328,6 +331,23 @@ class WandbConfig(LoggerConfig):
 @dataclass
 class PathsConfig:
     log_dir: str = "outputs"
+    # Where `dataset.prepared=auto` keeps the stores it prepares (and `prepare` writes by default),
+    # each named by the dataset and a hash of what it holds: a second job reuses the first's.
+    prepared_dir: str = "${paths.log_dir}/prepared"
+
+
+@dataclass
+class PrepareConfig:
+    """How `python -m sentiment_dist.prepare` (and `dataset.prepared=auto`) tokenize a dataset once."""
+
+    workers: int = positive(2)  # tokenizing processes (1: in the reading process itself)
+    out: str | None = None  # the store's directory (default: in paths.prepared_dir, named by its content)
+    # false: texts only, for language-model pretraining (a mixture keeps its sources' classes otherwise)
+    labels: bool = True
+    # Tokenize against a given vocabulary, a fine-tune's source: a run dir (its vocabulary.txt) or a
+    # vocabulary file; null: built from the training split (model.vocab_size at most).
+    vocabulary: str | None = None
+    extend_max_tokens: int = at_least(0, 0)  # with `vocabulary`: add up to this many new training words
 
 
 @dataclass
@@ -425,6 +445,10 @@ class DatasetConfig:
     name: str = MISSING
     source: DatasetSource = MISSING
     max_rows: int | None = positive(None)  # at most this many rows (a seeded sample), for quick runs
+    # null: read and tokenize in memory (fastest for small data); a directory written by
+    # `python -m sentiment_dist.prepare`, which every rank memory-maps; `auto`: prepare once into
+    # paths.prepared_dir (the chief) and reuse it after.
+    prepared: str | None = None
 
 
 @dataclass
@@ -511,6 +535,7 @@ class TaskConfig:
     strategy: Any = MISSING
     logger: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
 
 @dataclass
@@ -560,6 +585,14 @@ class TransferReportTask(FinetuneTask):
 
 
 @dataclass
+class PrepareTask(TaskConfig):
+    dataset: Any = MISSING
+    model: ModelConfig = MISSING  # its vocab_size, when the vocabulary is built from the data
+    strategy: Any = None
+    logger: Any = None
+
+
+@dataclass
 class EvaluateTask(TaskConfig):
     run_dir: str = MISSING
     batch_size: int = positive(256)
@@ -596,6 +629,7 @@ def register() -> None:
         (None, "schema_ulmfit", UlmfitTask),
         (None, "schema_transfer_report", TransferReportTask),
         (None, "schema_evaluate", EvaluateTask),
+        (None, "schema_prepare", PrepareTask),
     ):
         store.store(group=group, name=name, node=node)
 

@@ -1,4 +1,9 @@
-"""Data sources and the one tf.data pipeline that serves every strategy."""
+"""Data sources, the tokenizer, prepared stores and the one tf.data pipeline that serves every strategy.
+
+`resolve_dataset` reads a `conf/dataset/*.yaml` source and decides its splits as row numbers,
+handing every row's text to a sink; `load_dataset` keeps the texts in memory. A prepared
+store (`data/store.py`) is the same decision with its texts tokenized once, on disk.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import importlib
 
 from omegaconf import DictConfig
 
-from sentiment_dist.data.types import LabeledData, Split
+from sentiment_dist.data.types import LabeledData, Resolved, Split, TextList, TextSink
 from sentiment_dist.runtime.errors import UserError
 
-__all__ = ["LabeledData", "Split", "load_dataset"]
+__all__ = ["LabeledData", "Resolved", "Split", "TextList", "TextSink", "load_dataset", "resolve_dataset"]
 
 
 def load_dataset(cfg: DictConfig, labels: bool = True) -> LabeledData:
@@ -17,26 +22,36 @@ def load_dataset(cfg: DictConfig, labels: bool = True) -> LabeledData:
 
     `labels=False`: only the texts are wanted (language-model pretraining),
     so unlabelled text (`source: text`) is accepted too."""
+    sink = TextList()
+    return resolve_dataset(cfg, sink, labels).gather(sink.texts())
+
+
+def resolve_dataset(cfg: DictConfig, sink: TextSink, labels: bool = True) -> Resolved:
+    """The splits of `cfg` as row numbers of `sink`, which receives every row's text in order.
+    Files are read in chunks; the other sources are small and loaded whole."""
     source = cfg.get("source")
     if source == "mixture":  # labels or not is the mixture's to pass on to its sources
-        from sentiment_dist.data.mixture import load_mixture
+        from sentiment_dist.data.mixture import resolve_mixture
 
-        return load_mixture(cfg, labels)
+        return resolve_mixture(cfg, sink, labels)
     if source == "text" and labels:
         raise UserError(
             f"dataset={cfg.get('name')} is unlabelled text, which only language-model pretraining can use; "
             "give this job a labelled dataset (e.g. dataset=csv) and pretrain on the text with "
             "`python -m sentiment_dist.pretrain dataset=text`."
         )
+    if source not in RESOLVERS:
+        raise UserError(f"dataset.source={source!r} is not a data source; use one of {sorted([*RESOLVERS, 'mixture'])}.")
+    module, name, whole = RESOLVERS[source]
     # Imported on use: the file loaders need no TensorFlow, the synthetic generator no pandas.
-    module, loader = LOADERS[source]
-    return getattr(importlib.import_module(f"sentiment_dist.data.{module}"), loader)(cfg)
+    function = getattr(importlib.import_module(f"sentiment_dist.data.{module}"), name)
+    return Resolved.of(function(cfg), sink) if whole else function(cfg, sink)
 
 
-LOADERS = {
-    "synthetic": ("synthetic", "load_synthetic"),
-    "files": ("files", "load_files"),
-    "imdb": ("imdb", "load_imdb"),
-    "text": ("text", "load_text"),
-    "mixture": ("mixture", "load_mixture"),
+# source -> (module, function, loaded whole): files and the IMDB CSV are read in chunks.
+RESOLVERS = {
+    "synthetic": ("synthetic", "load_synthetic", True),
+    "files": ("files", "scan_files", False),
+    "imdb": ("imdb", "resolve_imdb", False),
+    "text": ("text", "load_text", True),
 }

@@ -16,13 +16,13 @@ import gzip
 import lzma
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from sentiment_dist.data.types import LabeledData, Split
+from sentiment_dist.data.types import LabeledData, Resolved, TextList, TextSink
 from sentiment_dist.runtime.errors import UserError
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -31,44 +31,76 @@ EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
 # pandas decompresses these by extension; the openers let a decode error report a true byte offset.
 OPENERS: dict[str, Callable] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _ROLES = ("train", "validation", "test")
+CHUNK_ROWS = 65536  # rows read at a time: a file of millions of reviews is never in memory at once
 
 
 def load_files(cfg: DictConfig | dict, clean_text: Callable[[pd.Series], pd.Series] | None = None) -> LabeledData:
-    """Read the configured file(s), map labels to classes and split.
+    """Read the configured file(s), map labels to classes and split, texts in memory."""
+    sink = TextList()
+    return scan_files(cfg, sink, clean_text).gather(sink.texts())
 
-    `clean_text` (a vectorised Series -> Series step, e.g. stripping HTML) runs on
-    the joined text before empty rows are dropped, so they are counted right.
-    """
+
+def scan_files(cfg: DictConfig | dict, sink: TextSink,
+               clean_text: Callable[[pd.Series], pd.Series] | None = None) -> Resolved:
+    """Read the configured file(s) in chunks of CHUNK_ROWS rows, hand every row's text to `sink`
+    and keep only what deciding the splits needs (per row: empty or not, its label's code), so
+    a file of millions of reviews is never in memory at once; then map labels to classes and split.
+
+    `clean_text` (a vectorised Series -> Series step, e.g. stripping HTML) runs on the joined
+    text before empty rows are dropped, so they are counted right."""
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     split = split_settings(cfg.get("split") or {})
     stats = dict.fromkeys(("dropped_empty_text", "dropped_missing_label", "dropped_unknown_label",
                            "dropped_unmapped_rating"), 0)
-    files, frames = _configured_files(cfg), []
+    files, raw_labels, kept = _configured_files(cfg), RawLabels(), []
     for role, key, path in files:
-        table = sample_rows(read_table(path, key, cfg.get("format"), cfg.get("encoding") or "utf-8"),
-                            cfg.get("max_rows"), split["seed"])
-        stats["rows_read" if key == "path" else f"rows_read_{role}"] = len(table)
-        rows = _text_and_label(table, cfg, path, clean_text)
-        empty = rows["text"] == ""
-        unlabeled = ~empty & rows["label"].isna()
+        first, empty, codes = sink.rows, [], []
+        for table in read_chunks(path, key, cfg.get("format"), cfg.get("encoding") or "utf-8"):
+            rows = _text_and_label(table, cfg, path, clean_text)
+            sink.add(rows["text"].to_numpy(dtype=object))
+            empty.append((rows["text"] == "").to_numpy(dtype=bool))
+            codes.append(raw_labels.encode(rows["label"]))
+        count = sink.rows - first
+        positions = sample_positions(count, cfg.get("max_rows"), split["seed"])
+        empty = np.concatenate(empty or [np.zeros(0, bool)])[positions]
+        codes = np.concatenate(codes or [np.zeros(0, np.int64)])[positions]
+        stats["rows_read" if key == "path" else f"rows_read_{role}"] = len(positions)
+        unlabeled = ~empty & (codes < 0)
         stats["dropped_empty_text"] += int(empty.sum())
         stats["dropped_missing_label"] += int(unlabeled.sum())
-        rows = rows[~empty & ~unlabeled]
-        if rows.empty:
+        keep = ~empty & ~unlabeled
+        if not keep.any():
             raise UserError(f"dataset.{key}={path} has no rows with both text and a label; "
                             "check dataset.text_columns and dataset.label_column.")
-        frames.append(rows.assign(role=role))
-    rows = pd.concat(frames, ignore_index=True)
-    mapping = cfg.get("label_mapping") or {}
-    label_names, codes = _map_labels(rows["label"], mapping, cfg.get("label_column"), stats)
-    rows = rows.assign(label=codes)[codes.notna()].astype({"label": "int32"})
+        kept.append((role, key, path, first + positions[keep], codes[keep]))
+    counts = np.bincount(np.concatenate([codes for *_, codes in kept]), minlength=len(raw_labels.values))
+    label_names, classes = _map_labels(raw_labels.series(), counts, cfg.get("label_mapping") or {},
+                                       cfg.get("label_column"), stats)
     by_role = {}
-    for role, key, path in files:
-        by_role[role] = rows.loc[rows["role"] == role, ["text", "label"]]
-        if by_role[role].empty:
+    for role, key, path, rows, codes in kept:
+        labels = classes[codes]
+        mapped = ~np.isnan(labels)
+        if not mapped.any():
             raise UserError(f"no row of dataset.{key}={path} has a label in the mapping; check "
                             "dataset.label_column and dataset.label_mapping.")
+        by_role[role] = (rows[mapped], labels[mapped].astype(np.int32))
     return assemble(by_role, label_names, split, stats)
+
+
+class RawLabels:
+    """Every distinct raw label string seen, numbered; a row's label is kept as that number
+    (-1: no label), so labels are mapped to classes once all rows are read."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+
+    def encode(self, labels: pd.Series) -> np.ndarray:
+        codes, uniques = pd.factorize(labels, use_na_sentinel=True)
+        numbers = np.array([self.values.setdefault(str(value), len(self.values)) for value in uniques], np.int64)
+        return np.where(codes < 0, -1, numbers[np.maximum(codes, 0)] if len(numbers) else -1)
+
+    def series(self) -> pd.Series:
+        return pd.Series(list(self.values), dtype="string")
 
 
 def split_settings(split_cfg: dict) -> dict:
@@ -80,11 +112,17 @@ def split_settings(split_cfg: dict) -> dict:
     return settings
 
 
+def sample_positions(count: int, max_rows: int | None, seed: int) -> np.ndarray:
+    """Positions of a seeded sample of at most `max_rows` of `count` rows, in file order (files are
+    often sorted by label); the draw pandas' `DataFrame.sample(n, random_state=seed)` makes."""
+    if max_rows is None or count <= max_rows:
+        return np.arange(count)
+    return np.sort(np.random.RandomState(seed).choice(count, size=max_rows, replace=False))
+
+
 def sample_rows(frame: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
-    """A seeded sample of at most `max_rows` rows in file order (files are often sorted by label)."""
-    if max_rows is None or len(frame) <= max_rows:
-        return frame
-    return frame.sample(n=max_rows, random_state=seed).sort_index()
+    """A seeded sample of at most `max_rows` rows of a table in memory, in file order."""
+    return frame.iloc[sample_positions(len(frame), max_rows, seed)]
 
 
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
@@ -104,27 +142,28 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
     return [np.sort(part) for part in np.split(spread, bounds)]
 
 
-def assemble(frames: dict[str, pd.DataFrame], label_names: list[str], split: dict,
-             stats: dict[str, int]) -> LabeledData:
-    """Splits from `frames` (role -> text/label frame); missing validation/test rows come out of train."""
-    frames, train = dict(frames), frames["train"]
-    carve = [role for role in ("validation", "test") if role not in frames]
-    parts = stratified_split(train["label"].to_numpy(), [split[f"{role}_fraction"] for role in carve], split["seed"])
-    for role, part in zip(carve, parts, strict=False):
-        if len(part) == 0:
+def assemble(parts: dict[str, tuple[np.ndarray, np.ndarray]], label_names: list[str], split: dict,
+             stats: dict[str, int]) -> Resolved:
+    """Splits from `parts` (role -> (row numbers, labels)); missing validation/test rows come out of
+    train, a stratified seeded share each, every split keeping its rows in file order."""
+    parts, (train_rows, train_labels) = dict(parts), parts["train"]
+    carve = [role for role in ("validation", "test") if role not in parts]
+    pieces = stratified_split(train_labels, [split[f"{role}_fraction"] for role in carve], split["seed"])
+    for role, piece in zip(carve, pieces, strict=False):
+        if len(piece) == 0:
             raise UserError(f"dataset.split.{role}_fraction={split[f'{role}_fraction']} leaves the {role} split "
-                            f"empty ({len(train)} rows to split); increase it.")
-        frames[role] = train.iloc[part]
-    if len(parts[-1]) == 0:
+                            f"empty ({len(train_rows)} rows to split); increase it.")
+        parts[role] = (train_rows[piece], train_labels[piece])
+    if len(pieces[-1]) == 0:
         raise UserError("dataset.split.validation_fraction and test_fraction leave no training rows; lower them.")
-    frames["train"] = train.iloc[parts[-1]]
-    present = sorted(frames["train"]["label"].unique())
+    parts["train"] = (train_rows[pieces[-1]], train_labels[pieces[-1]])
+    present = sorted(np.unique(parts["train"][1]).tolist())
     if len(present) < 2:
         raise UserError(f"the training data holds only class {[label_names[i] for i in present]}; a classifier needs "
                         "two or more, so check dataset.label_column and dataset.label_mapping.")
-    splits = {role: Split(texts=frames[role]["text"].to_numpy(dtype=object),
-                          labels=frames[role]["label"].to_numpy(dtype=np.int32)) for role in _ROLES}
-    return LabeledData(**splits, label_names=label_names, stats=stats)
+    return Resolved(rows={role: np.asarray(parts[role][0], np.int64) for role in _ROLES},
+                    labels={role: np.asarray(parts[role][1], np.int32) for role in _ROLES},
+                    label_names=label_names, stats=stats)
 
 
 def _configured_files(cfg: dict) -> list[tuple[str, str, str]]:
@@ -141,6 +180,14 @@ def _configured_files(cfg: dict) -> list[tuple[str, str, str]]:
 
 
 def read_table(path: str, key: str, fmt: str | None, encoding: str) -> pd.DataFrame:
+    """The whole table in memory (small files: the text source's tables)."""
+    return pd.concat(list(read_chunks(path, key, fmt, encoding)), ignore_index=True)
+
+
+def read_chunks(path: str, key: str, fmt: str | None, encoding: str,
+                chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """The file's rows, `chunk_rows` at a time (at least one frame, with the file's columns, even
+    when it has no rows). Compressed files (.gz, .bz2, .xz) are decompressed as they are read."""
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         problem = "is a directory" if os.path.isdir(path) else "does not exist"
@@ -152,10 +199,25 @@ def read_table(path: str, key: str, fmt: str | None, encoding: str) -> pd.DataFr
                         f"{', '.join(FORMATS)}.")
     try:
         if fmt == "parquet":
-            return pd.read_parquet(path)
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False, convert_dates=False, encoding=encoding)
-        return _read_delimited(path, key, "\t" if fmt == "tsv" else ",", encoding)
+            import pyarrow.parquet as pq
+
+            table = pq.ParquetFile(path)
+            empty = table.schema_arrow.empty_table().to_pandas()
+            chunks = (batch.to_pandas() for batch in table.iter_batches(batch_size=chunk_rows))
+        elif fmt == "jsonl":
+            empty = pd.DataFrame()
+            chunks = pd.read_json(path, lines=True, dtype=False, convert_dates=False, encoding=encoding,
+                                  chunksize=chunk_rows)
+        else:
+            separator = "\t" if fmt == "tsv" else ","
+            empty = pd.read_csv(path, sep=separator, dtype=str, encoding=encoding, index_col=False, nrows=0)
+            chunks = _read_delimited(path, key, separator, encoding, chunk_rows)
+        given = False
+        for chunk in chunks:
+            given = True
+            yield chunk
+        if not given:
+            yield empty
     except UnicodeDecodeError as err:
         raise _decode_error(path, key, encoding, err) from None
     except LookupError:
@@ -166,22 +228,30 @@ def read_table(path: str, key: str, fmt: str | None, encoding: str) -> pd.DataFr
                         "dataset.format.") from None
 
 
-def _read_delimited(path: str, key: str, separator: str, encoding: str) -> pd.DataFrame:
+def _read_delimited(path: str, key: str, separator: str, encoding: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """A CSV / TSV whose every row has the header's fields, or one sentence naming the first row that has more.
 
     pandas refuses a row longer than the first data row ("Expected 2 fields in line 3"), but when
     the first data row itself is longer than the header it silently makes the extra leading field
     the index, and every column shifts by one (the label column then holds the text)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", pd.errors.ParserWarning)  # what pandas says instead, with index_col=False
-        try:
-            return pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, encoding=encoding, index_col=False)
-        except (pd.errors.ParserWarning, pd.errors.ParserError) as err:
-            line, fields, header = _first_long_row(path, separator, encoding)
-            if line is None:
-                raise ValueError(str(err)) from None
-    raise UserError(f"dataset.{key}={path} line {line} has {fields} fields but the header has {len(header)} "
-                    f"({', '.join(header)}); quote fields that hold a '{separator}' or fix that row.")
+    reader = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, encoding=encoding, index_col=False,
+                         chunksize=chunk_rows)
+    with reader:
+        while True:
+            with warnings.catch_warnings():  # per chunk: the filter must not outlive pandas' parsing
+                warnings.simplefilter("error", pd.errors.ParserWarning)  # what pandas says, with index_col=False
+                try:
+                    chunk = next(reader)
+                except StopIteration:
+                    return
+                except (pd.errors.ParserWarning, pd.errors.ParserError) as err:
+                    line, fields, header = _first_long_row(path, separator, encoding)
+                    if line is None:
+                        raise ValueError(str(err)) from None
+                    raise UserError(f"dataset.{key}={path} line {line} has {fields} fields but the header has "
+                                    f"{len(header)} ({', '.join(header)}); quote fields that hold a '{separator}' or "
+                                    "fix that row.") from None
+            yield chunk
 
 
 def _first_long_row(path: str, separator: str, encoding: str) -> tuple[int | None, int, list[str]]:
@@ -198,15 +268,24 @@ def _first_long_row(path: str, separator: str, encoding: str) -> tuple[int | Non
 
 
 def _decode_error(path: str, key: str, encoding: str, err: UnicodeDecodeError) -> UserError:
-    """Re-decode the whole file: pandas decodes in chunks, so its offset is chunk-relative."""
+    """Decode the file again from its start, a block at a time: pandas decodes in chunks, so its
+    offset is chunk-relative."""
+    import codecs
+
+    decoder, offset = codecs.getincrementaldecoder(encoding)(), 0
     with OPENERS.get(os.path.splitext(path)[1], open)(path, "rb") as handle:
-        data = handle.read()
-    try:
-        data.decode(encoding)
-    except UnicodeDecodeError as full:
-        err = full
+        while block := handle.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as found:
+                # The decoder keeps an incomplete character from the block before: count it back.
+                pending = len(found.object) - len(block)
+                err = UnicodeDecodeError(found.encoding, found.object, found.start, found.end, found.reason)
+                offset -= pending
+                break
+            offset += len(block)
     return UserError(f"dataset.{key}={path} is not valid {encoding}: byte 0x{err.object[err.start]:02x} at offset "
-                     f"{err.start}; set dataset.encoding to the file's encoding (e.g. latin-1).")
+                     f"{offset + err.start}; set dataset.encoding to the file's encoding (e.g. latin-1).")
 
 
 def _text_and_label(table: pd.DataFrame, cfg: dict, path: str,
@@ -248,30 +327,38 @@ def _strings(column: pd.Series) -> pd.Series:
     return strings.mask(strings == "")
 
 
-def _map_labels(labels: pd.Series, mapping: dict, column: str, stats: dict[str, int]) -> tuple[list[str], pd.Series]:
-    """Class names and a float code per row, NaN for rows to drop (counted) or an error for unknown labels."""
+def _map_labels(values: pd.Series, counts: np.ndarray, mapping: dict, column: str,
+                stats: dict[str, int]) -> tuple[list[str], np.ndarray]:
+    """Class names and a float class per distinct raw label (`values`, seen on `counts` kept rows),
+    NaN for labels whose rows are dropped (counted) or an error for unknown labels."""
+    present = counts > 0
+    labels, rows = values[present].reset_index(drop=True), counts[present]
     kind, classes = mapping.get("type", "names"), mapping.get("classes")
+    codes = None
     if kind == "integers":
-        numbers = _numbers(labels, kind, column)
+        numbers = _numbers(labels, rows, kind, column)
         if (numbers % 1 != 0).any():
             raise UserError(f"dataset.label_mapping.type=integers but column {column!r} holds "
-                            f"{_examples(labels[numbers % 1 != 0])}; use type=ratings or type=names.")
+                            f"{_examples(labels, rows, numbers % 1 != 0)}; use type=ratings or type=names.")
         size = len(classes) if classes else int(numbers.max()) + 1
         names = [str(c) for c in classes] if classes else [str(i) for i in range(size)]
         codes = numbers.where((numbers >= 0) & (numbers < size))
     elif kind == "ratings":
-        names, codes = _map_ratings(_numbers(labels, kind, column), classes)
-        stats["dropped_unmapped_rating"] += int(codes.isna().sum())
-        return names, codes
+        names, codes = _map_ratings(_numbers(labels, rows, kind, column), classes)
+        stats["dropped_unmapped_rating"] += int(rows[codes.isna().to_numpy()].sum())
     else:
         names, codes = _map_names(labels, classes)
-    unknown = codes.isna()
-    if unknown.any() and not mapping.get("drop_unknown", False):
-        raise UserError(f"column {column!r} has labels outside the mapping: {_examples(labels[unknown])}; list "
-                        "them in dataset.label_mapping.classes or set dataset.label_mapping.drop_unknown=true "
-                        "to drop them.")
-    stats["dropped_unknown_label"] += int(unknown.sum())
-    return names, codes
+        codes = codes.astype(float)
+    unknown = codes.isna().to_numpy()
+    if kind != "ratings":
+        if unknown.any() and not mapping.get("drop_unknown", False):
+            raise UserError(f"column {column!r} has labels outside the mapping: {_examples(labels, rows, unknown)}; "
+                            "list them in dataset.label_mapping.classes or set dataset.label_mapping.drop_unknown=true "
+                            "to drop them.")
+        stats["dropped_unknown_label"] += int(rows[unknown].sum())
+    classes_of = np.full(len(values), np.nan)
+    classes_of[np.flatnonzero(present)] = codes.to_numpy(dtype=float)
+    return names, classes_of
 
 
 def _map_names(labels: pd.Series, classes: list | dict | None) -> tuple[list[str], pd.Series]:
@@ -314,16 +401,18 @@ def _map_ratings(numbers: pd.Series, classes: dict | None) -> tuple[list[str], p
     return [str(name) for name in classes], codes
 
 
-def _numbers(labels: pd.Series, kind: str, column: str) -> pd.Series:
+def _numbers(labels: pd.Series, rows: np.ndarray, kind: str, column: str) -> pd.Series:
     numbers = pd.to_numeric(labels.astype(object), errors="coerce")
     if numbers.isna().any():
         raise UserError(f"dataset.label_mapping.type={kind} needs numbers but column {column!r} holds "
-                        f"{_examples(labels[numbers.isna()])}; use type=names for text labels.")
+                        f"{_examples(labels, rows, numbers.isna())}; use type=names for text labels.")
     return numbers
 
 
-def _examples(values: pd.Series, limit: int = 10) -> str:
-    """The most frequent distinct values, quoted, for an error message."""
-    counts = values.value_counts()
-    shown = ", ".join(repr(str(v)) for v in counts.index[:limit])
-    return shown + (f" and {len(counts) - limit} more" if len(counts) > limit else "")
+def _examples(labels: pd.Series, rows: np.ndarray, chosen, limit: int = 10) -> str:
+    """The chosen distinct labels, most frequent first, quoted, for an error message."""
+    chosen = np.asarray(chosen, bool)
+    order = np.argsort(-rows[chosen], kind="stable")
+    values = labels[chosen].to_numpy()[order]
+    shown = ", ".join(repr(str(v)) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")

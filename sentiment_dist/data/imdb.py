@@ -15,11 +15,12 @@ import re
 import tarfile
 import zlib
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from sentiment_dist.data.files import assemble, load_files, sample_rows, split_settings
-from sentiment_dist.data.types import LabeledData
+from sentiment_dist.data.files import assemble, sample_rows, scan_files, split_settings
+from sentiment_dist.data.types import LabeledData, Resolved, TextList, TextSink
 from sentiment_dist.runtime.errors import UserError
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
@@ -31,6 +32,12 @@ _USAGE = "set dataset.path to the extracted aclImdb/ folder, aclImdb_v1.tar.gz o
 
 
 def load_imdb(cfg: DictConfig | dict) -> LabeledData:
+    sink = TextList()
+    return resolve_imdb(cfg, sink).gather(sink.texts())
+
+
+def resolve_imdb(cfg: DictConfig | dict, sink: TextSink) -> Resolved:
+    """The splits as row numbers of `sink` (see `sentiment_dist.data.resolve_dataset`)."""
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     path = os.path.expanduser(str(cfg["path"])) if cfg.get("path") else _download()
     split = split_settings(cfg.get("split") or {})
@@ -39,21 +46,23 @@ def load_imdb(cfg: DictConfig | dict) -> LabeledData:
     elif os.path.isfile(path) and tarfile.is_tarfile(path):
         parts = _read_archive(path)
     elif os.path.isfile(path):
-        return _load_csv(cfg, path, split)
+        return _scan_csv(cfg, path, split, sink)
     else:
         raise UserError(f"dataset.path={path} does not exist; {_USAGE}, or null to download it.")
     stats = {"dropped_empty_text": 0}
-    frames = {}
+    kept = {}
     for part, reviews in parts.items():
         stats[f"rows_read_{part}"] = len(reviews)
         reviews = sample_rows(reviews, cfg.get("max_rows"), split["seed"])
         reviews = reviews.assign(text=strip_breaks(reviews["text"]).str.strip())
         empty = reviews["text"] == ""
         stats["dropped_empty_text"] += int(empty.sum())
-        frames[part] = reviews[~empty]
-        if frames[part].empty:
+        reviews = reviews[~empty]
+        if reviews.empty:
             raise UserError(f"dataset.path={path} holds no {part}/pos or {part}/neg reviews; {_USAGE}.")
-    return assemble(frames, LABEL_NAMES, split, stats)
+        kept[part] = (sink.rows + np.arange(len(reviews), dtype=np.int64), reviews["label"].to_numpy(np.int32))
+        sink.add(reviews["text"].to_numpy(dtype=object))
+    return assemble(kept, LABEL_NAMES, split, stats)
 
 
 def strip_breaks(texts: pd.Series) -> pd.Series:
@@ -80,7 +89,7 @@ def _download() -> str:
         raise UserError(f"could not download {IMDB_URL} ({err}); fetch it elsewhere and {_USAGE}.") from None
 
 
-def _load_csv(cfg: dict, path: str, split: dict) -> LabeledData:
+def _scan_csv(cfg: dict, path: str, split: dict, sink: TextSink) -> Resolved:
     """The CSV through the file loader; validation_fraction is converted to a share of all rows."""
     test_fraction = split["test_fraction"]
     files_cfg = {
@@ -91,7 +100,7 @@ def _load_csv(cfg: dict, path: str, split: dict) -> LabeledData:
         "split": {**split, "validation_fraction": split["validation_fraction"] * (1 - test_fraction)},
         "max_rows": cfg.get("max_rows"),
     }
-    return load_files(files_cfg, clean_text=strip_breaks)
+    return scan_files(files_cfg, sink, clean_text=strip_breaks)
 
 
 def _read_directory(path: str) -> dict[str, pd.DataFrame]:

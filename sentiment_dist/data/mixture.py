@@ -19,12 +19,18 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from sentiment_dist.data.types import LabeledData, Split
+from sentiment_dist.data.types import LabeledData, Resolved, TextList, TextSink
 from sentiment_dist.runtime.errors import UserError
 
 
 def load_mixture(cfg: DictConfig, labels: bool = True) -> LabeledData:
-    from sentiment_dist.data import load_dataset
+    sink = TextList()
+    return resolve_mixture(cfg, sink, labels).gather(sink.texts())
+
+
+def resolve_mixture(cfg: DictConfig, sink: TextSink, labels: bool = True) -> Resolved:
+    """Every source read into `sink` in turn, then the draw, as row numbers of `sink`."""
+    from sentiment_dist.data import resolve_dataset
 
     if not cfg.sources:
         raise UserError(f"dataset={cfg.name} is a mixture without sources; list them under dataset.sources.")
@@ -32,39 +38,41 @@ def load_mixture(cfg: DictConfig, labels: bool = True) -> LabeledData:
     if any(weighted) and not all(weighted):
         raise UserError(f"dataset={cfg.name} weights some sources and not others; give every source a weight, or "
                         "none (each source whole).")
-    loaded = {}
+    loaded: dict[str, Resolved] = {}
     for name, source in cfg.sources.items():
         if source.dataset.get("source") == "mixture":
             raise UserError(f"dataset.sources.{name} is itself a mixture; list its sources in this one instead.")
         dataset = source.dataset
         if cfg.get("max_rows") and (dataset.get("max_rows") is None or dataset.max_rows > cfg.max_rows):
             dataset = OmegaConf.merge(dataset, {"max_rows": cfg.max_rows})  # debug modes shrink every source
-        loaded[name] = load_dataset(dataset, labels)
+        loaded[name] = resolve_dataset(dataset, sink, labels)
     classes = list(cfg.classes) if cfg.classes else next(iter(loaded.values())).label_names
-    available = {name: len(data.train) for name, data in loaded.items()}
+    available = {name: len(data.rows["train"]) for name, data in loaded.items()}
     weights = {name: float(source.weight) if all(weighted) else float(available[name])
                for name, source in cfg.sources.items()}
     size = cfg.size if all(weighted) and cfg.size else sum(available.values())
     rng = np.random.default_rng(cfg.seed)
-    parts: dict[str, list[Split]] = {"train": [], "validation": [], "test": []}
+    rows: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
+    codes_of: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
     sources = {}
     for index, (name, data) in enumerate(loaded.items()):
         codes = _class_codes(name, data, classes) if labels else None
         take = int(round(size * weights[name] / sum(weights.values())))
-        rows = _draw(available[name], take, rng)
-        for role, split, chosen in (("train", data.train, rows), ("validation", data.validation, None),
-                                    ("test", data.test, None)):
-            picked = split if chosen is None else Split(split.texts[chosen], split.labels[chosen])
-            parts[role].append(Split(picked.texts, codes[picked.labels] if codes is not None else picked.labels))
-        sources[name] = {"train": take, "train_available": available[name], "validation": len(data.validation),
-                         "test": len(data.test), "weight": weights[name], "share": take / max(size, 1),
+        chosen = _draw(available[name], take, rng)
+        for role in ("train", "validation", "test"):
+            picked = chosen if role == "train" else slice(None)
+            rows[role].append(data.rows[role][picked])
+            split_labels = data.labels[role][picked]
+            codes_of[role].append(codes[split_labels] if codes is not None else split_labels)
+        sources[name] = {"train": take, "train_available": available[name], "validation": len(data.rows["validation"]),
+                         "test": len(data.rows["test"]), "weight": weights[name], "share": take / max(size, 1),
                          "oversampled": take > available[name], "position": index}
-    splits = {role: Split(np.concatenate([p.texts for p in pieces]), np.concatenate([p.labels for p in pieces]))
-              for role, pieces in parts.items()}
-    return LabeledData(**splits, label_names=classes if labels else [], sources=sources)
+    return Resolved(rows={role: np.concatenate(parts) for role, parts in rows.items()},
+                    labels={role: np.concatenate(parts).astype(np.int32) for role, parts in codes_of.items()},
+                    label_names=classes if labels else [], sources=sources)
 
 
-def _class_codes(name: str, data: LabeledData, classes: list[str]) -> np.ndarray:
+def _class_codes(name: str, data: Resolved, classes: list[str]) -> np.ndarray:
     """Mixture class index of each of the source's classes, or one sentence when one has none."""
     known = {label.casefold(): index for index, label in enumerate(classes)}
     unmapped = [label for label in data.label_names if label.casefold() not in known]

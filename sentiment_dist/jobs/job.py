@@ -20,7 +20,7 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from sentiment_dist.config.hydra_task import run_dir, run_dir_given
-from sentiment_dist.data.pipeline import TokenizedSplit
+from sentiment_dist.data.tokens import Splits, TokenizedSplit
 from sentiment_dist.jobs import tracking
 from sentiment_dist.jobs.plots import format_metrics_table, plot_confusion, plot_history
 from sentiment_dist.jobs.rundir import RunDir
@@ -97,13 +97,6 @@ def stage(job: Job, job_type: str, body: Callable[[tracking.Tracker], Any], grou
         return
     tracked(job, job_type, body, group, announce=False)
     job.dist.wait_until(lambda: job.run.finished)
-
-
-@dataclass
-class Splits:
-    train: TokenizedSplit
-    validation: TokenizedSplit
-    test: TokenizedSplit
 
 
 class ClassifierOutput:
@@ -220,6 +213,7 @@ def fit_and_write(
         "test": output.score(trainer, splits.test),
         "validation": output.score(trainer, splits.validation),
         "epochs_run": len(epochs),
+        "seconds_to_first_step": trainer.seconds_to_first_step,
         "train_seconds": float(sum(epoch["epoch_seconds"] for epoch in epochs)),
         output.throughput: float(np.mean([epoch[output.throughput] for epoch in epochs])) if epochs else 0.0,
         "environment": environment,

@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sentiment_dist.data import LabeledData, Split, load_dataset
 from sentiment_dist.data.augment import augment, embedding_neighbours
+from sentiment_dist.data.inputs import classifier_inputs, language_model_inputs
 from sentiment_dist.jobs import tracking
-from sentiment_dist.jobs.inputs import classifier_inputs, language_model_inputs
 from sentiment_dist.jobs.job import ClassifierOutput, Job, LanguageModelOutput, fit_and_write, stage
 from sentiment_dist.jobs.rundir import ClassifierRun, PretrainedRun, RunDir
 from sentiment_dist.jobs.transfer import (
@@ -33,7 +33,7 @@ from sentiment_dist.jobs.transfer import (
     language_model_layers,
     pretrained_classifier,
     transferred_classifier,
-    vocabulary_for,
+    vocabulary_request,
 )
 from sentiment_dist.models.classifier import build_classifier, group_variables
 from sentiment_dist.models.language_model import build_language_model, unigram_log_frequencies
@@ -58,12 +58,11 @@ def train_classifier(job: Job, tracker: tracking.Tracker) -> dict:
     """A classifier on `cfg.dataset`, from scratch or from the language model `init.from` names."""
     cfg, dist = job.cfg, job.dist
     pretrained = _pretrained(job)
-    data, vocabulary = load_dataset(cfg.dataset), None
+    request = None
     if pretrained:
         tracker.use_model(pretrained.directory)
-        vocabulary = vocabulary_for(pretrained.vocabulary, cfg.init.vocab, cfg.init.extend_max_tokens, dist,
-                                    lambda: data.train.texts)
-    inputs = classifier_inputs(cfg, dist, vocabulary, data)
+        request = vocabulary_request(pretrained.vocabulary, cfg.init.vocab, cfg.init.extend_max_tokens)
+    inputs = classifier_inputs(cfg, dist, request)
     with dist.scope():
         classifier = build_classifier(cfg.model, len(inputs.vocabulary), len(inputs.label_names))
         if pretrained:
@@ -79,11 +78,8 @@ def pretrain_language_model(job: Job, tracker: tracking.Tracker) -> dict:
     (continued from `init.from`, each group at its `lm.lr_multipliers` rate, when given)."""
     cfg, dist = job.cfg, job.dist
     pretrained = _pretrained(job)
-    vocabulary = None
-    if pretrained:
-        def vocabulary(texts):
-            return vocabulary_for(pretrained.vocabulary, cfg.init.vocab, cfg.init.extend_max_tokens, dist, lambda: texts)
-    inputs = language_model_inputs(cfg, dist, vocabulary)
+    request = vocabulary_request(pretrained.vocabulary, cfg.init.vocab, cfg.init.extend_max_tokens) if pretrained else None
+    inputs = language_model_inputs(cfg, dist, request)
     vocab_size = len(inputs.vocabulary)
     with dist.scope():
         model = build_language_model(cfg.model, vocab_size)
@@ -92,13 +88,13 @@ def pretrain_language_model(job: Job, tracker: tracking.Tracker) -> dict:
                         f"init.from={pretrained.directory}")
         else:
             for head in model.heads:
-                head.bias.assign(unigram_log_frequencies(inputs.splits.train.tokens, vocab_size))
+                head.bias.assign(unigram_log_frequencies(inputs.splits.train.id_counts(vocab_size)))
     task = LanguageModelTask(vocab_size, cfg.lm.num_sampled)
     multipliers = cfg.lm.lr_multipliers if pretrained else None  # continued pretraining only
     groups = param_groups(group_variables([*model.encoder.layers, *model.heads]), multipliers) if multipliers else None
     environment = {
         "train_texts": inputs.texts,
-        "train_tokens": int((inputs.splits.train.tokens > 0).sum()),
+        "train_tokens": int(inputs.splits.train.row_lengths.sum()),
         "whole_texts": bool(cfg.lm.whole_texts),
         "held_out_texts": inputs.held_out_texts,
         "softmax": f"sampled ({task.num_sampled} negatives)" if task.num_sampled else "full",
@@ -126,12 +122,11 @@ def finetune_classifier(job: Job, source: ClassifierRun, tracker: tracking.Track
     cfg, dist = job.cfg, job.dist
     with open_dict(cfg):
         cfg.model = OmegaConf.merge(cfg.model, source.config.model)  # the architecture is the source's
-    data = load_dataset(cfg.dataset)
-    vocabulary = vocabulary_for(source.vocabulary, cfg.finetune.vocab, cfg.finetune.extend_max_tokens, dist,
-                                lambda: data.train.texts)
-    data = with_augmented_train(data, cfg.finetune.augment, source.vocabulary, embedding_table(source.classifier), dist)
-    inputs = classifier_inputs(cfg, dist, vocabulary, data)
-    classifier, groups, schedule = transferred_classifier(cfg.finetune, dist, source, len(vocabulary), inputs.label_names)
+    request = vocabulary_request(source.vocabulary, cfg.finetune.vocab, cfg.finetune.extend_max_tokens)
+    data = augmented(cfg, source.vocabulary, embedding_table(source.classifier), dist)
+    inputs = classifier_inputs(cfg, dist, request, data)
+    classifier, groups, schedule = transferred_classifier(cfg.finetune, dist, source, len(inputs.vocabulary),
+                                                          inputs.label_names)
     # With the source's head kept, the untouched model is the baseline the fine-tune must beat.
     reused_head = inputs.label_names == source.label_names and cfg.finetune.head != "new"
     return fit_and_write(job, tracker, ClassifierOutput(inputs.label_names, inputs.vectorizer), classifier,
@@ -150,24 +145,26 @@ def finetune_from_language_model(job: Job, pretrained: PretrainedRun, tracker: t
     cfg, dist = job.cfg, job.dist
     with open_dict(cfg):
         cfg.model = OmegaConf.merge(cfg.model, {key: pretrained.config.model[key] for key in ("name", *SHAPE_KEYS)})
-    data = load_dataset(cfg.dataset)
-    vocabulary = vocabulary_for(pretrained.vocabulary, vocab or cfg.init.vocab, cfg.init.extend_max_tokens, dist,
-                                lambda: data.train.texts)
-    data = with_augmented_train(data, cfg.finetune.augment, pretrained.vocabulary,
-                                embedding_table(pretrained.model.encoder), dist)
-    inputs = classifier_inputs(cfg, dist, vocabulary, data)
-    classifier, groups, schedule = pretrained_classifier(cfg.finetune, dist, pretrained, len(vocabulary),
+    request = vocabulary_request(pretrained.vocabulary, vocab or cfg.init.vocab, cfg.init.extend_max_tokens)
+    data = augmented(cfg, pretrained.vocabulary, embedding_table(pretrained.model.encoder), dist)
+    inputs = classifier_inputs(cfg, dist, request, data)
+    classifier, groups, schedule = pretrained_classifier(cfg.finetune, dist, pretrained, len(inputs.vocabulary),
                                                          inputs.label_names, cfg.model)
     return fit_and_write(job, tracker, ClassifierOutput(inputs.label_names, inputs.vectorizer), classifier,
                          len(inputs.label_names), inputs.splits, inputs.vocabulary, groups, schedule,
                          extra_metrics={"data": inputs.summary})
 
 
-def with_augmented_train(data: LabeledData, settings: DictConfig, vocabulary: list[str], embedding: np.ndarray,
-                         dist: Distribution) -> LabeledData:
-    """`data` with `finetune.augment` copies of its training texts (neighbours from `embedding`)."""
+def augmented(cfg: DictConfig, vocabulary: list[str], embedding: np.ndarray, dist: Distribution) -> LabeledData | None:
+    """`cfg.dataset` in memory with `finetune.augment` copies of its training texts (neighbours from
+    `embedding`); None when there is nothing to add (the data is then read as `dataset.prepared` says)."""
+    settings = cfg.finetune.augment
     if settings.copies == 0:
-        return data
+        return None
+    if cfg.dataset.get("prepared"):
+        raise UserError("finetune.augment makes new training texts, which a prepared store cannot hold; set "
+                        "dataset.prepared=null (augmentation is for small targets, which read fast in memory).")
+    data = load_dataset(cfg.dataset)
     neighbours = embedding_neighbours(vocabulary, embedding, settings.neighbours, settings.min_similarity)
     texts, labels = augment(data.train.texts, data.train.labels, settings, neighbours)
     if dist.is_chief:

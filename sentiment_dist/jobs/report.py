@@ -48,8 +48,9 @@ from omegaconf import DictConfig, OmegaConf
 from sentiment_dist.data import LabeledData, Split, load_dataset
 from sentiment_dist.data.augment import augment, embedding_neighbours
 from sentiment_dist.data.files import stratified_split
-from sentiment_dist.data.pipeline import build_vocabulary, make_vectorizer, tokenize_split
-from sentiment_dist.jobs.inputs import class_weights
+from sentiment_dist.data.inputs import class_weights
+from sentiment_dist.data.tokenizer import build_vocabulary, make_vectorizer
+from sentiment_dist.data.tokens import tokenize_split
 from sentiment_dist.jobs.plots import figure
 from sentiment_dist.jobs.rundir import ClassifierRun, PretrainedRun, RunDir
 from sentiment_dist.jobs.transfer import pretrained_classifier, transferred_classifier, vocabulary_for

@@ -102,7 +102,7 @@ def load_predictor(path: str, batch_size: int):
     if path.endswith(".tflite"):
         if not os.path.isfile(path):
             raise UserError(f"{path} does not exist; write it with sentiment-export RUN_DIR --tflite.")
-        from sentiment_dist.data.pipeline import make_vectorizer
+        from sentiment_dist.data.tokenizer import make_vectorizer
         from sentiment_dist.jobs.rundir import RunDir
 
         directory = os.path.dirname(os.path.abspath(path))
@@ -135,18 +135,19 @@ def _by_length(run, batch_size: int):
     import numpy as np
     import tensorflow as tf
 
-    from sentiment_dist.data.pipeline import longest_first, token_counts, vectorize
+    from sentiment_dist.data.pipeline import longest_first
+    from sentiment_dist.data.tokens import tokenize_split
 
     score = tf.function(lambda tokens: run.classifier(tokens, training=False), reduce_retracing=True)
 
     def predict(texts: list[str]):
-        tokens = vectorize(run.vectorizer, np.asarray(texts, dtype=object))
-        order = longest_first(tokens)
+        split = tokenize_split(run.vectorizer, np.asarray(texts, dtype=object), np.zeros(len(texts), np.int32))
+        order = longest_first(split.row_lengths)
         probabilities = np.empty((len(texts), run.classifier.output_shape[-1]), np.float32)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]  # its first row is its longest
-            longest = max(int(token_counts(tokens[rows[:1]])[0]), 1)
-            probabilities[rows] = score(tokens[rows, :longest]).numpy()
+            longest = max(int(split.row_lengths[rows[0]]), 1)
+            probabilities[rows] = score(split.rows(rows, longest)).numpy()
         return probabilities
 
     return predict

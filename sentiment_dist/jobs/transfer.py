@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
-from sentiment_dist.data.pipeline import extend_vocabulary
+from sentiment_dist.data.tokenizer import VocabularyRequest
 from sentiment_dist.jobs.rundir import ClassifierRun, PretrainedRun
 from sentiment_dist.models.classifier import GROUPS, build_classifier, group_variables, layer_group
 from sentiment_dist.runtime.distribute import Distribution
@@ -31,13 +31,17 @@ UNFREEZE_ORDER = ("head", "encoder", "embedding")  # top first
 SHAPE_KEYS = ("vocab_size", "embedding_dim", "units", "num_layers", "bidirectional")
 
 
+def vocabulary_request(source: list[str], mode: str, max_new_tokens: int) -> VocabularyRequest:
+    """The source vocabulary, kept exactly (`source`) or extended (`extend`) with the most
+    frequent new words of the target's training texts."""
+    return VocabularyRequest(base=tuple(source), extend=max_new_tokens if mode == "extend" else 0)
+
+
 def vocabulary_for(source: list[str], mode: str, max_new_tokens: int, dist: Distribution,
                    texts: Callable[[], np.ndarray]) -> list[str]:
-    """The source vocabulary, kept exactly (`source`) or extended (`extend`) with the most
-    frequent new tokens of `texts()` (built on the chief, given to every rank)."""
-    if mode == "source":
-        return list(source)
-    return dist.shared(lambda: extend_vocabulary(source, texts(), max_new_tokens))
+    """`vocabulary_request`'s vocabulary for texts held in memory (chosen on the chief, given to every rank)."""
+    request = vocabulary_request(source, mode, max_new_tokens)
+    return dist.shared(lambda: request.for_texts(texts()))
 
 
 def _grown(weights: list[np.ndarray], rows: int) -> list[np.ndarray]:

@@ -138,11 +138,46 @@ class Distribution:
         )
 
     def shared(self, compute: Callable[[], Any]) -> Any:
-        """`compute()` as the chief computes it, on every process (it must be picklable).
+        """`compute()` as the chief computes it, on every process (it must be picklable). A
+        `UserError` it raises is raised on every process (none is left waiting for the result).
 
         Elastic jobs compute it on every process instead: a worker that joins a running job
         has no one to receive it from, so `compute` must give the same everywhere."""
-        return self.broadcast_object(compute() if self.is_chief else None)
+        outcome = None
+        if self.is_chief:
+            try:
+                outcome = ("value", compute())
+            except UserError as err:
+                outcome = ("error", str(err))
+        kind, value = self.broadcast_object(outcome)
+        if kind == "error":
+            raise UserError(value)
+        return value
+
+    def require_everywhere(self, problem: str | None, elsewhere: str) -> None:
+        """Raise `problem` where it happened and, on the other processes, `elsewhere` naming the
+        ranks it happened on: every process stops, none waits in a collective for the others."""
+        failed = self._sum_over_processes(np.eye(self.world_size, dtype=np.int32)[self.rank] * (problem is not None))
+        ranks = [rank for rank, count in enumerate(failed) if count]
+        if problem is not None:
+            raise UserError(problem)
+        if ranks:
+            raise UserError(f"{elsewhere} (rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} failed).")
+
+    def _sum_over_processes(self, array: np.ndarray) -> np.ndarray:
+        """Sum of `array` over processes (each process's first replica contributes its own)."""
+        if self.world_size == 1:
+            return array
+        per_process = self.num_replicas // self.world_size
+
+        def contribute():
+            context = tf.distribute.get_replica_context()
+            first = tf.equal(context.replica_id_in_sync_group % per_process, 0)
+            value = tf.constant(array)
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.where(first, value, tf.zeros_like(value)))
+
+        result = tf.function(lambda: self.strategy.run(contribute))()
+        return self.strategy.experimental_local_results(result)[0].numpy()
 
     def wait_until(self, done: Callable[[], bool]) -> None:
         """Return on every process once the chief has made `done()` true (a barrier)."""
@@ -340,6 +375,11 @@ class HorovodDistribution(Distribution):
     def broadcast_object(self, obj: Any) -> Any:
         return self.hvd.broadcast_object(obj, root_rank=0) if self.world_size > 1 else obj
 
+    def _sum_over_processes(self, array: np.ndarray) -> np.ndarray:
+        if self.world_size == 1:
+            return array
+        return self.hvd.allreduce(tf.constant(array), op=self.hvd.Sum, name="sum_over_processes").numpy()
+
     def broadcast_variables(self, variables: list) -> None:
         # hvd.broadcast_variables assigns through tf.Variable internals that
         # Keras 3 variables lack; broadcasting values and assigning works for both.
@@ -362,6 +402,11 @@ class ElasticHorovodDistribution(HorovodDistribution):
 
     def shared(self, compute: Callable[[], Any]) -> Any:
         return compute()
+
+    def require_everywhere(self, problem: str | None, elsewhere: str) -> None:
+        # No collective before the elastic section (a worker may join alone): each checks for itself.
+        if problem is not None:
+            raise UserError(problem)
 
     def wait_until(self, done: Callable[[], bool]) -> None:
         started = time.monotonic()

@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sentiment_dist.data.pipeline import TokenizedSplit, evaluation_batches
+from sentiment_dist.data.pipeline import evaluation_batches
+from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.models.classifier import per_example_loss, predicted_class
 from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.training.metrics import accuracy, classification_metrics, macro_f1

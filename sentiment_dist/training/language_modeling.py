@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from sentiment_dist.data.pipeline import TokenizedSplit, evaluation_batches
+from sentiment_dist.data.pipeline import evaluation_batches
+from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.models.language_model import LanguageModel
 from sentiment_dist.runtime.distribute import Distribution
 

@@ -22,6 +22,7 @@ and callbacks stay here, written once.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -31,7 +32,8 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from sentiment_dist.data.pipeline import TokenizedSplit, training_batches
+from sentiment_dist.data.pipeline import training_batches
+from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.training import preemption
@@ -66,6 +68,21 @@ class Task(Protocol):
 
     def epoch_logs(self, totals: np.ndarray, result: Any, seconds: float) -> dict[str, float]:
         """Training and validation metrics of one epoch (`val_loss` among them)."""
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: from /proc; elsewhere, since this module loaded)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            started_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = float(handle.read().split()[0])
+        return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _LOADED
+
+
+_LOADED = time.perf_counter()
 
 
 def effective_learning_rate(cfg: DictConfig, num_replicas: int) -> float:
@@ -109,6 +126,7 @@ class Trainer:
         self._train_step_fn = None
         self.guard = preemption.Guard(self)  # fit() puts the strategy's own in place while it trains
         self.by_length = bool(cfg.batch_by_length)
+        self.seconds_to_first_step: float | None = None  # process start to the first step's start: start-up
         self.evaluator = self.task.evaluator(dist, model, self.global_batch, self.by_length)
 
     def resize(self, global_batch: int) -> float:
@@ -163,6 +181,10 @@ class Trainer:
             # by_length: one trace for every batch length; Horovod: the preemption vote rides along
             self._train_step_fn = tf.function(self.guard.fuse(step), reduce_retracing=True)
         return self._train_step_fn(batch)
+
+    def steps_taken(self) -> int:
+        """Training steps so far, resumed runs included (the head's optimizer steps every time)."""
+        return max(int(group.optimizer.iterations.numpy()) for group in self.groups)
 
     # -- loops ------------------------------------------------------------
     def evaluate(self, split: TokenizedSplit, *options) -> Any:
@@ -249,6 +271,8 @@ class Trainer:
             )
             for batch in batches:
                 step = position.examples // self.global_batch
+                if self.seconds_to_first_step is None:
+                    self.seconds_to_first_step = process_age()
                 callback_list.on_train_batch_begin(step)
                 position.advance(self.guard.run(self._train_step, batch).numpy(), self.global_batch)
                 position.seconds = time.perf_counter() - started
@@ -261,6 +285,9 @@ class Trainer:
                         "trainer.learning_rate or set trainer.gradient_clip_norm" + checkpointer.kept_note() + "."
                     )
                 self.guard.after_step()
+                if self.cfg.get("max_steps") and self.steps_taken() >= self.cfg.max_steps:
+                    self.model.stop_training = True  # this epoch is validated and ends the run
+                    break
             seconds, examples, totals = time.perf_counter() - started, position.examples, position.totals
             # Validation sees the averaged weights (if any): SwapEMAWeights swaps them in for the test.
             callback_list.on_test_begin()
