@@ -43,6 +43,9 @@ TRICKY = np.array([
     " ".join(f"word{i % 37}" for i in range(500)),  # far longer than the model reads
     "combining e\u0301 versus \u00e9, ligature ﬁne, fullwidth ＡＢＣ",
     "UPPER lower MiXeD",
+    "  leading and trailing  ", "\x0bvertical\x0cform\x1cfile\x1dgroup\x1erecord\x1funit\x00nul end",
+    "\u3000ideographic\u3000space zero\u200bwidth",
+    " ".join(chr(code) for code in range(1, 128)),  # every ASCII character
 ], dtype=object)
 
 

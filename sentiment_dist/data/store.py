@@ -155,8 +155,11 @@ class StoreWriter:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            # spawn: the parent may hold TensorFlow's threads, which fork does not copy safely.
+            # spawn: the parent may hold TensorFlow's threads, which fork does not copy safely. Each worker
+            # is started now, with a word to split, so that it is ready when the first chunk is read.
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            for _ in range(workers):
+                self.pool.submit(words, np.array(["ready"], dtype=object))
 
     def add(self, texts: np.ndarray) -> None:
         import pyarrow as pa

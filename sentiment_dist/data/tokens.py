@@ -116,7 +116,7 @@ class Encoder:
         if list(vocabulary[:2]) != [PAD, OOV]:
             raise ValueError("a vocabulary starts with the padding and OOV tokens")
         self.vocabulary = list(vocabulary)
-        self.lookup = {word.encode("utf-8"): index for index, word in enumerate(self.vocabulary) if index >= 2}
+        self.lookup = {word: index for index, word in enumerate(self.vocabulary) if index >= 2}
 
     def encode(self, texts: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
         """(flat ids int32, ids per text int64): every id of every text."""
