@@ -212,7 +212,7 @@ class StoreWriter:
         counts = np.zeros(len(self.table), np.int64)
         train = resolved.rows["train"]
         for begin in range(0, len(train), _GATHER_ROWS):
-            counts += np.bincount(word_rows.gather(train[begin : begin + _GATHER_ROWS])[0], minlength=len(self.table))
+            counts += np.bincount(word_rows.gather(train[begin : begin + _GATHER_ROWS]), minlength=len(self.table))
         vocabulary = request.choose(self.table.words(), counts)
         ids_of = self.table.ids_for(vocabulary)
         dtype = np.uint16 if len(vocabulary) <= np.iinfo(np.uint16).max + 1 else np.int32
@@ -233,20 +233,22 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
 
 
 class _Ragged:
-    """Rows of a scratch file of values, given each row's length in file order."""
+    """Rows of a scratch file of values, given each row's length in file order: an Arrow list
+    array over the memory-mapped file, so gathering rows is Arrow's `take` (no index per value)."""
 
     def __init__(self, path: str, dtype, lengths: np.ndarray):
-        self.lengths = np.asarray(lengths, np.int64)
-        self.starts = np.cumsum(self.lengths) - self.lengths
-        total = int(self.lengths.sum())
-        self.values = np.memmap(path, dtype=dtype, mode="r", shape=(total,)) if total else np.zeros(0, dtype)
+        import pyarrow as pa
 
-    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The values of `rows` concatenated, and each row's length."""
-        lengths = self.lengths[rows]
-        total = int(lengths.sum())
-        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return np.asarray(self.values[np.repeat(self.starts[rows], lengths) + within]), lengths
+        self.lengths = np.asarray(lengths, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        values = np.memmap(path, dtype=dtype, mode="r", shape=(int(offsets[-1]),)) if offsets[-1] else np.zeros(0, dtype)
+        self.rows = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """The values of `rows`, concatenated."""
+        import pyarrow as pa
+
+        return self.rows.take(pa.array(np.asarray(rows, np.int64))).flatten().to_numpy()
 
     def write(self, directory: str, role: str, values_name: str, offsets_name: str, rows: np.ndarray, dtype,
               table: np.ndarray | None = None) -> int:
@@ -257,7 +259,7 @@ class _Ragged:
         out = np.lib.format.open_memmap(os.path.join(directory, f"{role}.{values_name}.npy"), mode="w+",
                                         dtype=dtype, shape=(int(offsets[-1]),))
         for begin in range(0, len(rows), _GATHER_ROWS):
-            values, _ = self.gather(rows[begin : begin + _GATHER_ROWS])
+            values = self.gather(rows[begin : begin + _GATHER_ROWS])
             at = offsets[begin]
             out[at : at + len(values)] = table[values] if table is not None else values
         out.flush()
