@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.config import schema, search
 from sentiment_dist.jobs.rundir import RunDir
-from sentiment_dist.runtime.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, Preempted, UserError
+from sentiment_dist.runtime.errors import EXIT_PREEMPTED, Preempted, UserError, fail, record_exit_code
 from sentiment_dist.runtime.launch import is_launch_chief, launch_rank
 
 log = logging.getLogger(__name__)
@@ -40,26 +40,6 @@ log = logging.getLogger(__name__)
 # conf/ sits beside the package in a checkout; an installed copy (Docker)
 # points at it with SENTIMENT_DIST_CONF.
 CONFIG_DIR = os.environ.get("SENTIMENT_DIST_CONF", str(Path(__file__).resolve().parent.parent.parent / "conf"))
-
-
-def fail(message: str) -> NoReturn:
-    """One sentence on stderr and exit code 2. SystemExit passes through Hydra's own handler,
-    which would print a traceback for any exception (even one raised in a resolver)."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    record_exit_code(EXIT_USER_ERROR)
-    sys.exit(EXIT_USER_ERROR)
-
-
-def record_exit_code(code: int) -> None:
-    """Write `code` to $SENTIMENT_DIST_EXIT_FILE, when a launcher set it: horovodrun exits 1
-    whatever its workers' codes were, so launch/horovodrun.sh reads the job's code from there."""
-    path = os.environ.get("SENTIMENT_DIST_EXIT_FILE")
-    if path:
-        try:
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(f"{code}\n")
-        except OSError as err:
-            log.warning("Cannot write the exit code to %s (%s).", path, err)
 
 
 def exit_preempted(stop: Preempted, directory: str) -> NoReturn:
