@@ -14,6 +14,7 @@ import re
 import signal
 import time
 
+import tensorflow as tf
 import wandb_records as wr
 from conftest import BIN, REPO, module, quiet, read_json, session_run
 from test_equivalence import assert_same_weights
@@ -84,3 +85,30 @@ def test_a_resize_rescales_the_rate_as_trainer_lr_scaling_says():
     warmup.rescale(trainer.resize(16))  # down to 2 workers
     assert abs(trainer.optimizer.learning_rate - 0.04) < 1e-7 and (warmup.start, warmup.target) == (0.01, 0.04)
     assert trainer.resize(16) == 1.0  # the global policy: same batch, same rate, steps traced again
+
+
+def test_a_process_that_becomes_the_chief_numbers_its_checkpoints_after_the_newest_on_disk(tmp_path):
+    """Elastic Horovod: the new chief has saved nothing itself (no restore either: the state came
+    by broadcast), and numbered by its own count it overwrote ckpt-1, the copy a damaged newest
+    checkpoint falls back to."""
+    import keras
+    from conftest import tiny_model, tiny_trainer
+    from omegaconf import OmegaConf
+
+    from sentiment_dist.models.classifier import build_classifier
+    from sentiment_dist.runtime.distribute import Distribution
+    from sentiment_dist.training.checkpoint import Checkpointer, Position
+    from sentiment_dist.training.loop import Trainer
+
+    single = Distribution(OmegaConf.create({"name": "single"}))
+    keras.utils.set_random_seed(0)
+    saved = []
+    for epoch in (1, 2, 3):  # three processes in turn, each the chief for one save
+        trainer = Trainer(single, build_classifier(tiny_model(), 20, 2), 2, tiny_trainer(), 0)
+        checkpointer = Checkpointer(single, str(tmp_path))
+        checkpointer.attach(trainer)
+        saved.append(checkpointer.save(Position(epoch=epoch)))
+    assert [path.rsplit("/", 1)[1] for path in saved] == ["ckpt-1", "ckpt-2", "ckpt-3"]
+    assert tf.train.latest_checkpoint(str(tmp_path)) == saved[-1]
+    reader = tf.train.load_checkpoint(saved[1])  # kept, and still the second save's
+    assert int(reader.get_tensor("position/.ATTRIBUTES/VARIABLE_VALUE")[0]) == 2

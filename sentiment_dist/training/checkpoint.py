@@ -219,7 +219,11 @@ class Checkpointer(keras.callbacks.Callback):
             if write_dir == self.directory:  # the chief (elastic Horovod may make another process the chief)
                 if self.manager is None:
                     self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=KEEP)
-                return self.manager.save()
+                # Numbered after the newest on disk, not by this process's own save count: a process
+                # that became the chief mid-job (elastic Horovod) has saved nothing yet, and would
+                # overwrite ckpt-1, the older copy a damaged newest checkpoint falls back to.
+                newest = _numbered(self.directory)
+                return self.manager.save(checkpoint_number=int(newest[0].rsplit("-", 1)[1]) + 1 if newest else 1)
             tf.train.CheckpointManager(self.checkpoint, write_dir, max_to_keep=1).save()  # a worker's scratch copy
         except (tf.errors.OpError, OSError) as err:
             if not disk_error(err):
