@@ -1,6 +1,6 @@
-"""Fault injection for the fault-tolerance tests: a worker dies (or waits for one to join) at a
-named point of training, so a test hits that point every time instead of racing a kill against
-the clock.
+"""Fault injection for the fault-tolerance tests: a worker dies, waits for a SIGTERM or waits for
+a worker to join at a named point of training, so a test hits that point every time instead of
+racing a signal against the clock.
 
     SENTIMENT_DIST_FAULTS="kill between_steps rank=0 epoch=1 step=22; join between_steps rank=0 world=1 epoch=1 step=21"
     SENTIMENT_DIST_FAULTS_DIR=<a directory>
@@ -13,6 +13,9 @@ directory and then acts; a survivor that replays the same position after a rollb
 file and goes on. Actions:
 
 - `kill`: SIGKILL itself, as a machine that is lost (no cleanup, no word to its peers).
+- `sigterm`: wait until a SIGTERM has come (the test sends it once it sees the `.fired` file) and
+  the preemption guard has taken notice, so the job stops at the next step boundary, whatever
+  the machine's speed (TensorFlow's handler looks at the signal only once a second).
 - `join`: elastic Horovod: wait until Horovod reports a host added since the workers last
   changed (the lost worker's host, back after its cooldown), so a worker joins at the next
   commit instead of after the job ended. The example's waits right after the rollback to step 20.
@@ -55,7 +58,7 @@ def parse(text: str) -> list[Fault]:
     for index, spec in enumerate(part.split() for part in text.split(";") if part.strip()):
         action, point, *fields = spec
         values = dict(field.split("=", 1) for field in fields)
-        assert action in ("kill", "join") and point in POINTS and set(values) <= {"rank", "world", "epoch", "step"}, spec
+        assert action in ("kill", "sigterm", "join") and point in POINTS and set(values) <= {"rank", "world", "epoch", "step"}, spec
         faults.append(Fault(index, action, point, **{key: int(value) for key, value in values.items()}))
     return faults
 
@@ -78,6 +81,8 @@ def reached(point: str, trainer, epoch: int | None = None, step: int | None = No
         if fault.due(point, trainer.dist, epoch, step) and _first_to_fire(fault, epoch, step):
             if fault.action == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            elif fault.action == "sigterm":
+                trainer.guard.take_notice()
             else:
                 _host_added.wait()
 

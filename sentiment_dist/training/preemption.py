@@ -81,6 +81,12 @@ class Guard:
 
     def after_step(self) -> None:
         pass
+
+    def take_notice(self) -> None:
+        """Return once a SIGTERM has come and will stop training at the next step boundary (the
+        fault-injection hook waits on this: `sentiment_dist.training.faults`)."""
+        SIGTERM_SEEN.wait()
+
     def after_epoch(self) -> None:
         pass
 
@@ -166,6 +172,11 @@ class TensorFlowGuard(_RecordingSigterm):
 
     def _save(self) -> None:
         self.saved = self.checkpointer.save(self.position)
+
+    def take_notice(self) -> None:
+        SIGTERM_SEEN.wait()
+        self.handler._received_own_sigterm.wait()  # the handler's watcher polls our flag once a second
+
     def run(self, step: Callable, batch: Any) -> Any:
         # The handler checks before the step; on a notice it runs one more, then saves and calls exit_fn.
         result = self.handler.run(step, batch)
