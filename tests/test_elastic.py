@@ -17,12 +17,16 @@ run whose model artifact is logged once.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 import tensorflow as tf
 import wandb_records as wr
-from conftest import BIN, REPO, module, only_run_dir, quiet, read_json, run, session_run
+from conftest import BIN, REPO, module, only_run_dir, quiet, read_json, session_run
 from test_equivalence import assert_same_last_state, assert_same_weights
 from test_preemption import ENV, HALF, LONG, check_history
 
@@ -40,6 +44,22 @@ CHAIN = [
     ("kill after_training rank={victim}", "the end of training"),
 ]
 WORKERS_CHANGED = re.compile(r"Workers changed: (\d) now; resuming at (.+?) with a global batch of 32 \((\d+) per worker\)")
+
+
+def run_logged(command: list[str], cwd: Path, env: dict, log: Path) -> str:
+    """The output of `command`, which must exit 0; kept in `log` as it comes, so that a failure,
+    or a hang stopped by the guard, shows where the job was."""
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = process.wait(timeout=1800)  # a hang guard only: a chain takes 3-15 min on 2 busy cores
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            code = "nothing: it hung, and was killed after 30 min"
+    output = log.read_text()
+    assert code == 0, f"{command} exited {code}\n{quiet(output)[-6000:]}"
+    return output
 
 
 @pytest.mark.parametrize("victim", ["chief", "non-chief"])
@@ -63,7 +83,7 @@ def test_a_worker_lost_at_each_point_is_recovered_from_and_a_worker_rejoins(vict
            # Gloo waits 30 s by default for a peer at the rendezvous: a worker that joins starts
            # TensorFlow first, which takes longer than that on a loaded 2-core machine.
            "HOROVOD_GLOO_TIMEOUT_SECONDS": "600"}
-    output = run(command, cwd=tmp_path, env=env, timeout=900).stdout  # exit code 0, or the assertion shows why
+    output = run_logged(command, tmp_path, env, tmp_path / "job.log")
 
     assert sorted(path.name for path in (tmp_path / "faults").iterdir()) == [f"{n}.fired" for n in range(len(CHAIN))]
     assert output.count("exit with status code 137") == 4, quiet(output)[-4000:]  # the four losses, no other
