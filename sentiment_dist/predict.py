@@ -18,11 +18,28 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     if args.texts:
         return list(args.texts)
     if args.file:
-        if not os.path.isfile(args.file):
-            raise UserError(f"--file {args.file} does not exist; pass a text file with one review per line.")
-        with open(args.file, encoding="utf-8", errors="replace") as handle:
-            return [line.rstrip("\n") for line in handle if line.strip()]
+        return read_text_file(args.file, args.encoding)
     return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+
+
+def read_text_file(path: str, encoding: str) -> list[str]:
+    """The non-empty lines of `path`. Bytes that are not `encoding`, or NUL bytes (which no text
+    file holds, and which latin-1 would decode), are refused: labels for them would be noise."""
+    if not os.path.isfile(path):
+        raise UserError(f"--file {path} does not exist; pass a text file with one review per line.")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise UserError(f"--file {path} is not {encoding} text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                        "pass a text file, with --encoding set to its encoding (e.g. latin-1).") from None
+    except LookupError:
+        raise UserError(f"--encoding {encoding} is not a known encoding; use e.g. utf-8 or latin-1.") from None
+    if "\x00" in text:
+        raise UserError(f"--file {path} holds NUL bytes at offset {text.index(chr(0))}: it is not a text file; "
+                        "pass a text file with one review per line.")
+    return [line for line in text.splitlines() if line.strip()]
 
 
 @exit_on_user_error
@@ -32,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sentiment-predict", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a run directory, an exported saved_model/ directory, or a .tflite file")
     parser.add_argument("texts", nargs="*", help="texts to classify (default: --file or stdin)")
-    parser.add_argument("--file", help="a UTF-8 text file, one text per line")
+    parser.add_argument("--file", help="a text file, one text per line")
+    parser.add_argument("--encoding", default="utf-8", help="the --file's encoding (default: utf-8)")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
     texts = read_texts(args)

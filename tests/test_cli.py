@@ -3,11 +3,12 @@ export, and what a user sees when the input is wrong."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import numpy as np
 import pytest
-from conftest import PYTHON, TINY, cli_env, module, only_run_dir, read_json, run
+from conftest import PYTHON, TINY, cli_env, module, only_run_dir, quiet, read_json, run
 
 RUN_FILES = ("config.yaml", "model.keras", "vocabulary.txt", "labels.json", "metrics.json", "history.json",
              "confusion_matrix.png", "training_curves.png")
@@ -126,6 +127,115 @@ def test_a_csv_with_missing_column_names_the_columns_that_exist(tmp_path):
 def test_predict_errors_are_one_sentence(tmp_path):
     result = run(module("predict", str(tmp_path / "missing"), "a review"), cwd=tmp_path, check=False)
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def one_sentence(result: subprocess.CompletedProcess) -> str:
+    """The error line of a command that failed the way bad input must: exit code 2, one line
+    starting `error:` on stderr, no traceback."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in quiet(result.stderr).splitlines() if line.strip()]  # TensorFlow's start-up lines aside
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+def room_for(size: int):
+    """A disk with room for `size` bytes a file: files can be created, larger ones not written
+    (RLIMIT_FSIZE: EFBIG, as ENOSPC on a full disk). In the child, before it starts."""
+    def limit():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
+
+
+# Output locations that cannot be written: (path, why: a regex). /sys/kernel exists and no one may
+# create files or dirs in it (sysfs), root included (EPERM for a dir, EACCES for a file; EACCES for
+# anyone else); /proc/nope cannot be made; "full" is run with `room_for`.
+LOCATIONS = {
+    "missing": ("/proc/nope/{name}", "No such file or directory"),
+    "read-only": ("/sys/kernel{slash_name}", "Permission denied|Operation not permitted"),
+    "full": ("{tmp}/full/{name}", "File too large"),
+}
+
+
+def location(kind: str, tmp_path, name: str, is_parent: bool = False) -> str:
+    path, _ = LOCATIONS[kind]
+    slash_name = f"/{name}" if is_parent else ""  # read-only: the dir itself, or a new one inside it
+    return path.format(name=name, tmp=tmp_path, slash_name=slash_name)
+
+
+@pytest.mark.parametrize("kind", sorted(LOCATIONS))
+@pytest.mark.parametrize("setting", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_output_dir_that_cannot_be_written_is_one_sentence_and_leaves_nothing(tmp_path, setting, kind):
+    _, why = LOCATIONS[kind]
+    setup = room_for(0) if kind == "full" else None  # not a byte: the disk is full before the run starts
+    directory = location(kind, tmp_path, "run")
+    sweep = ["-m"] if setting == "hydra.sweep.dir" else []
+    result = subprocess.run(module("train", *sweep, *TINY, f"{setting}={directory}"), cwd=tmp_path, env=cli_env(),
+                            capture_output=True, text=True, timeout=120, preexec_fn=setup)
+    error = one_sentence(result)
+    kind_of_dir = "sweep" if sweep else "run"
+    verb = "write to" if kind == "read-only" else "create"
+    assert re.fullmatch(re.escape(f"error: cannot {verb} the {kind_of_dir} directory {directory} (") + f"({why})"
+                        + re.escape(f"); set {setting} (or paths.log_dir) to a writable directory."), error), error
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # not even outputs/ or the full dir
+
+
+@pytest.mark.parametrize("kind", sorted(LOCATIONS))
+def test_an_export_that_cannot_be_written_is_one_sentence_and_leaves_nothing(trained, tmp_path, kind):
+    _, why = LOCATIONS[kind]
+    setup = room_for(16_000) if kind == "full" else None  # TensorFlow starts; the SavedModel does not fit
+    out = location(kind, tmp_path, "export", is_parent=True)
+    result = subprocess.run(module("export", str(trained), "--out", out), cwd=tmp_path, env=cli_env(),
+                            capture_output=True, text=True, timeout=300, preexec_fn=setup)
+    error = one_sentence(result)
+    if kind == "full":  # made, then the disk filled up while the model was written
+        expected = (f"error: cannot write the export to {out} (", "); free space on that disk or pass --out another directory.")
+    else:
+        expected = (f"error: cannot create the export directory {out} (", "); pass --out a directory you can write to.")
+    assert re.fullmatch(re.escape(expected[0]) + f"({why})" + re.escape(expected[1]), error), error
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+    assert not list(trained.glob(".export-*"))
+
+
+def test_predict_refuses_a_file_that_is_not_text_in_its_encoding(tmp_path):
+    """Undecodable bytes were replaced and labelled with confidence; now they are refused, as train
+    refuses them. latin-1 decodes every byte, so a binary file is told by its NUL bytes."""
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    (tmp_path / "reviews.txt").write_bytes("une critique très sévère\n".encode("latin-1"))
+    model = str(tmp_path / "no-model-needed-yet")  # the texts are read first
+    result = run(module("predict", model, "--file", str(tmp_path / "image.png")), cwd=tmp_path, check=False)
+    assert one_sentence(result) == (f"error: --file {tmp_path}/image.png is not utf-8 text (byte 0x89 at offset 0); pass "
+                                    "a text file, with --encoding set to its encoding (e.g. latin-1).")
+    result = run(module("predict", model, "--file", str(tmp_path / "image.png"), "--encoding", "latin-1"), cwd=tmp_path,
+                 check=False)
+    assert one_sentence(result) == (f"error: --file {tmp_path}/image.png holds NUL bytes at offset 8: it is not a text "
+                                    "file; pass a text file with one review per line.")
+    result = run(module("predict", model, "--file", str(tmp_path / "reviews.txt")), cwd=tmp_path, check=False)
+    assert "is not utf-8 text (byte 0xe8 at offset 15)" in one_sentence(result)
+    result = run(module("predict", model, "--file", str(tmp_path / "reviews.txt"), "--encoding", "latin-1"),
+                 cwd=tmp_path, check=False)  # decoded now: what fails is the missing model
+    assert "no-model-needed-yet does not exist" in one_sentence(result)
+
+
+def test_predict_and_evaluate_given_no_model_say_what_they_were_given(trained, tmp_path):
+    """A CSV is not "a run directory that does not exist": each command names what it got."""
+    (tmp_path / "reviews.csv").write_text("text,label\ngreat,positive\n")
+    (tmp_path / "fake.tflite").write_text("not a flatbuffer")
+    (tmp_path / "empty").mkdir()
+    csv, fake, empty = tmp_path / "reviews.csv", tmp_path / "fake.tflite", tmp_path / "empty"
+    assert one_sentence(run(module("predict", str(csv), "a review"), cwd=tmp_path, check=False)) == (
+        f"error: {csv} is a file, not a model; pass a run directory, an exported saved_model/ directory or a "
+        ".tflite file (sentiment-export writes the last two).")
+    assert one_sentence(run(module("predict", str(fake), "a review"), cwd=tmp_path, check=False)).startswith(
+        f"error: {fake} is not a TFLite model (")
+    assert one_sentence(run(module("predict", str(empty), "a review"), cwd=tmp_path, check=False)) == (
+        f"error: {empty} has no model.keras; point at the run directory of a finished training run.")
+    assert one_sentence(run(module("evaluate", f"run_dir={csv}"), cwd=tmp_path, check=False)) == (
+        f"error: {csv} is a file, not a run directory; pass the directory training printed (it holds model.keras).")
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_multirun_sweep_runs_each_member(tmp_path):

@@ -16,7 +16,8 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
-from conftest import horovodrun, module, multiworker, run
+import tensorflow as tf
+from conftest import horovodrun, module, multiworker, run, session_run
 
 GLOBAL_BATCH = 32
 COMMON = [
@@ -47,12 +48,13 @@ def weights(run_dir) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
-    run(module("train", *COMMON, f"trainer.batch_size={GLOBAL_BATCH}", f"hydra.run.dir={out}/run"), cwd=out)
-    return out / "run"
+    """The single-device run every strategy must match (shared in the session: it is also the
+    source model of the distributed fine-tuning tests)."""
+    return session_run(tmp_path_factory, "equivalence_single", module("train", *COMMON, f"trainer.batch_size={GLOBAL_BATCH}"))
 
 
 def assert_same_weights(reference, other, tolerance=2e-5):
+    """model.keras: the weights a run keeps, its best epoch's (`trainer.best_monitor`)."""
     a, b = weights(reference), weights(other)
     assert a.keys() == b.keys()
     shapes = {k: (a[k].shape, b[k].shape) for k in a if a[k].shape != b[k].shape}
@@ -61,6 +63,22 @@ def assert_same_weights(reference, other, tolerance=2e-5):
     moved = max(float(np.max(np.abs(a[k]))) for k in a)
     assert moved > 0.01
     assert worst < tolerance, f"weights differ by {worst}"
+
+
+def last_state(run_dir) -> dict[str, np.ndarray]:
+    """Every variable of the run's newest checkpoint: the weights training ended with (the last
+    epoch's, not the best one's model.keras keeps), the optimizers' slots, step counts and
+    rates, the position; not the clock or the save counter."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run_dir / "checkpoints")))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key.endswith("VARIABLE_VALUE") and not key.startswith(("epoch_seconds", "save_counter"))}
+
+
+def assert_same_last_state(reference, other, tolerance=2e-5):
+    a, b = last_state(reference), last_state(other)
+    assert a.keys() == b.keys()
+    worst = max(float(np.max(np.abs(a[key].astype(np.float64) - b[key].astype(np.float64)))) for key in a)
+    assert worst < tolerance, f"the last checkpoints differ by {worst}"
 
 
 def test_mirrored_matches_single_device(single_run, tmp_path):

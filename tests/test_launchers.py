@@ -176,7 +176,7 @@ def fake_horovodrun(tmp_path):
         environ = {k: v for k, v in os.environ.items() if k not in ("HOROVOD_CONTROLLER", "SENTIMENT_DIST_ENTRY", "PYTHON")}
         environ.update(env, PATH=f"{bin_dir}{os.pathsep}{environ.get('PATH', '')}")
         result = subprocess.run(
-            [str(LAUNCH / "horovodrun.sh"), *args], env=environ, capture_output=True, text=True, timeout=30
+            [str(LAUNCH / "horovodrun.sh"), *args], env=environ, capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 0, result.stderr
         return record.read_text().splitlines(), result
@@ -224,9 +224,9 @@ def test_horovodrun_wrapper_rejects_an_unknown_controller(tmp_path):
 
 # -- launch/multiworker.py --------------------------------------------------
 
-# Worker 1 fails once worker 0 is up and has written its pid; worker 0 would
-# sleep for 30 s, and notes a SIGTERM (how the launcher stops a worker, so that
-# the CLIs can clean up; see sentiment_dist/config.py) before exiting.
+# Worker 1 fails once worker 0 is up and has written its pid; worker 0 would run
+# until stopped, and notes a SIGTERM (how the launcher stops a worker, so that the
+# CLIs can clean up; see sentiment_dist/config/hydra_task.py) before exiting.
 FAILING_WORKER = """
 import json, os, signal, sys, time
 from pathlib import Path
@@ -234,8 +234,7 @@ index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
 workdir = Path(sys.argv[1])
 pid_file = workdir / "worker0.pid"
 if index == 1:
-    deadline = time.time() + 20
-    while not pid_file.exists() and time.time() < deadline:
+    while not pid_file.exists():  # worker 0 is up (if it died instead, the launcher stops us)
         time.sleep(0.05)
     sys.exit(3)
 
@@ -247,7 +246,8 @@ signal.signal(signal.SIGTERM, terminated)
 tmp = pid_file.with_suffix(".tmp")
 tmp.write_text(str(os.getpid()))
 tmp.rename(pid_file)
-time.sleep(30)
+while True:
+    signal.pause()
 """
 
 RECORDING_WORKER = """
@@ -256,6 +256,14 @@ from pathlib import Path
 config = json.loads(os.environ["TF_CONFIG"])
 (Path(sys.argv[1]) / f"worker{config['task']['index']}.json").write_text(json.dumps(config))
 """
+
+
+def wait_for(ready, process: subprocess.Popen) -> None:
+    """Until `ready()` (a file the process under test writes) while `process` runs: an event, not
+    a time limit (the communicate() timeouts are only hang guards)."""
+    while not ready():
+        assert process.poll() is None, f"ended (code {process.returncode}) first"
+        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
@@ -274,21 +282,19 @@ def multiworker(n: int, script: str, workdir: Path, timeout: int) -> subprocess.
 
 
 def test_multiworker_stops_everyone_when_a_worker_fails(tmp_path):
-    start = time.monotonic()
-    result = multiworker(2, FAILING_WORKER, tmp_path, timeout=60)
-    elapsed = time.monotonic() - start
+    # Worker 0 never ends by itself: that the launcher returns at all is the check (the timeout
+    # is only the hang guard).
+    result = multiworker(2, FAILING_WORKER, tmp_path, timeout=300)
     assert result.returncode == 3, result.stderr
     assert "worker 1 failed with exit code 3" in result.stderr
     pid = int((tmp_path / "worker0.pid").read_text())
     assert not alive(pid), "the sleeping worker was left running"
     # Stopped by the launcher (SIGTERM), not only by the kernel when the launcher exited.
     assert (tmp_path / "worker0.sigterm").exists(), "the launcher did not send the sleeping worker SIGTERM"
-    # A bound, not a benchmark: the launcher did not wait out the 30 s sleep.
-    assert elapsed < 15, f"the launcher took {elapsed:.1f} s to stop"
 
 
 def test_multiworker_gives_each_worker_its_task(tmp_path):
-    result = multiworker(2, RECORDING_WORKER, tmp_path, timeout=60)
+    result = multiworker(2, RECORDING_WORKER, tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     configs = [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2)]
     assert [config["task"] for config in configs] == [{"type": "worker", "index": 0}, {"type": "worker", "index": 1}]
@@ -432,7 +438,7 @@ def test_k8s_restarts_resume_and_preempted_pods_get_time_to_save(name):
 
 def test_mpi_worker_entry_point_refuses_to_run_outside_a_container():
     # It signals every training process it sees: only as a container's PID 1.
-    result = subprocess.run([str(K8S / "mpi_worker.sh")], capture_output=True, text=True, timeout=10)
+    result = subprocess.run([str(K8S / "mpi_worker.sh")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "PID 1" in result.stderr
 
 
@@ -443,7 +449,7 @@ printf '%s\\n' "$@" > "$RECORD/srun.argv"
 env > "$RECORD/srun.env"
 if [[ -n "${FAKE_PREEMPTED:-}" ]]; then  # a job that saves on SIGTERM and exits with 138
   trap 'kill "$sleeper"; echo 138 > "$SENTIMENT_DIST_EXIT_FILE"; exit 138' TERM
-  sleep 30 > /dev/null 2>&1 &  # not holding the test's pipes open
+  sleep infinity > /dev/null 2>&1 &  # until signalled; not holding the test's pipes open
   sleeper=$!
   touch "$RECORD/srun.started"
   wait
@@ -495,7 +501,7 @@ def test_sbatch_requeues_and_signals_before_the_time_limit(name):
 def test_sbatch_keeps_one_run_dir_per_job(fake_slurm, name, tmp_path):
     start, record = fake_slurm
     process = start(name, "trainer.epochs=3", NCCL_SOCKET_IFNAME="ib0")
-    out, err = process.communicate(timeout=30)
+    out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     argv = (record / "srun.argv").read_text().splitlines()
     run_dir = tmp_path / "outputs" / "train" / "slurm-4242"  # the job id stays the same across requeues
@@ -507,10 +513,10 @@ def test_sbatch_keeps_one_run_dir_per_job(fake_slurm, name, tmp_path):
     assert "NCCL_SOCKET_IFNAME=ib0" in out
 
     process = start(name, SLURM_ARRAY_JOB_ID="77", SLURM_ARRAY_TASK_ID="3")  # an array task: its own dir
-    process.communicate(timeout=30)
+    process.communicate(timeout=120)
     assert f"hydra.run.dir={tmp_path}/outputs/train/slurm-77_3" in (record / "srun.argv").read_text()
     process = start(name, RUN_DIR=str(tmp_path / "given"))  # or the one you give
-    process.communicate(timeout=30)
+    process.communicate(timeout=120)
     assert f"hydra.run.dir={tmp_path}/given" in (record / "srun.argv").read_text()
 
 
@@ -518,12 +524,9 @@ def test_sbatch_keeps_one_run_dir_per_job(fake_slurm, name, tmp_path):
 def test_sbatch_passes_sigterm_on_and_requeues_a_preempted_job(fake_slurm, name):
     start, record = fake_slurm
     process = start(name, FAKE_PREEMPTED="1")
-    deadline = time.time() + 20
-    while not (record / "srun.started").exists():
-        assert time.time() < deadline and process.poll() is None
-        time.sleep(0.05)
+    wait_for(lambda: (record / "srun.started").exists(), process)
     process.send_signal(signal.SIGTERM)  # what --signal=B:TERM sends the batch script
-    out, err = process.communicate(timeout=30)
+    out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err  # requeued: not a failure
     assert "SIGTERM, passing it to the job" in out and "preempted" in out
     assert (record / "scontrol.argv").read_text().split() == ["requeue", "4242"]
@@ -533,7 +536,7 @@ def test_sbatch_passes_sigterm_on_and_requeues_a_preempted_job(fake_slurm, name)
 def test_sbatch_exits_with_the_jobs_own_code(fake_slurm, name):
     start, record = fake_slurm
     process = start(name, FAKE_EXIT="1")
-    process.communicate(timeout=30)
+    process.communicate(timeout=120)
     assert process.returncode == 1 and not (record / "scontrol.argv").exists()
 
 
@@ -552,7 +555,7 @@ FAKE_JOB_HOROVODRUN = """#!/bin/bash
 # Like horovodrun: exits 1 whatever its workers did; the chief wrote the job's code to the file.
 if [[ -n "${FAKE_PREEMPTED:-}" ]]; then
   trap 'kill "$sleeper"; echo 138 > "$SENTIMENT_DIST_EXIT_FILE"; exit 1' TERM
-  sleep 30 > /dev/null 2>&1 &  # not holding the test's pipes open
+  sleep infinity > /dev/null 2>&1 &  # until signalled; not holding the test's pipes open
   sleeper=$!
   touch "$RECORD/started"
   wait
@@ -581,19 +584,16 @@ def job_horovodrun(tmp_path):
 @pytest.mark.parametrize("code", ["138", "2", ""])
 def test_horovodrun_wrapper_exits_with_the_jobs_own_code(job_horovodrun, code):
     process = job_horovodrun(FAKE_CODE=code)
-    _, err = process.communicate(timeout=30)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == int(code or 1)  # horovodrun's 1 when the job wrote nothing
     assert ("preempted" in err) == (code == "138")
 
 
 def test_horovodrun_wrapper_passes_sigterm_to_horovodrun(job_horovodrun, tmp_path):
     process = job_horovodrun(FAKE_PREEMPTED="1")
-    deadline = time.time() + 20
-    while not (tmp_path / "started").exists():
-        assert time.time() < deadline and process.poll() is None
-        time.sleep(0.05)
+    wait_for(lambda: (tmp_path / "started").exists(), process)
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=30)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 138, err
 
 
@@ -606,11 +606,15 @@ index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
 workdir = Path(sys.argv[1])
 def preempted(*_):
     (workdir / f"worker{index}.sigterm").write_text("")
-    time.sleep(0.5 * index)  # saving; worker 0 leaves first
+    while index == 1 and not (workdir / "worker0.left").exists():  # still saving: worker 0 leaves first
+        time.sleep(0.05)
+    if index == 0:
+        (workdir / "worker0.left").write_text("")
     sys.exit(138)
 signal.signal(signal.SIGTERM, preempted)
 (workdir / f"worker{index}.ready").write_text("")
-time.sleep(30)
+while True:
+    signal.pause()
 """
 
 
@@ -619,12 +623,9 @@ def test_multiworker_passes_sigterm_on_and_reports_preemption(tmp_path):
                str(tmp_path)]
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 20
-    while not all((tmp_path / f"worker{i}.ready").exists() for i in range(2)):
-        assert time.time() < deadline and process.poll() is None
-        time.sleep(0.05)
+    wait_for(lambda: all((tmp_path / f"worker{i}.ready").exists() for i in range(2)), process)
     process.send_signal(signal.SIGTERM)  # the job is preempted: every worker must hear of it
-    _, err = process.communicate(timeout=30)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 138, err
     assert all((tmp_path / f"worker{i}.sigterm").exists() for i in range(2))
     assert "was preempted (exit code 138)" in err and "failed" not in err

@@ -1,11 +1,16 @@
 """Preemption under every strategy, and damaged checkpoints.
 
 A real SIGTERM reaches a real training process mid-epoch (the chief under single and mirrored,
-a non-chief worker under multiworker and horovod, through their launchers): every rank stops at
-the same step after the chief saved there, the job exits with 138 and says in one line where it
-resumes; a rerun on the same run dir continues from that step with the same batches and ends
-with the weights of a run that was never interrupted. Then checkpoints are damaged: the newest,
-then all of them.
+a non-chief worker under multiworker and horovod): every rank stops at the same step after the
+chief saved there, the job exits with 138 and says in one line where it resumes; a rerun on the
+same run dir continues from that step with the same batches and ends with the weights (best and
+last), optimizer state and history of a run that was never interrupted. Then checkpoints are
+damaged: the newest, then all of them.
+
+No race with the clock: the process to be preempted holds at a named point (epoch 2, step 5:
+`sentiment_dist.training.faults`) and writes a file; the test sends SIGTERM when it sees the
+file, and the process goes on once its guard has taken notice, so the job stops after step 6
+on any machine, loaded or not.
 """
 
 from __future__ import annotations
@@ -25,15 +30,14 @@ import pytest
 import tensorflow as tf
 import wandb_records as wr
 from conftest import BIN, REPO, cli_env, module, quiet, read_json, run, session_run
-from test_equivalence import assert_same_weights
+from test_equivalence import assert_same_last_state, assert_same_weights
 
 from sentiment_dist.runtime.errors import EXIT_PREEMPTED
 from sentiment_dist.training.checkpoint import unreadable
 
-# Deterministic (SGD, no dropout), with epochs long enough that a SIGTERM sent just after epoch
-# 1's checkpoint lands mid-epoch 2 (128 steps of 32 examples), though TensorFlow's handler polls
-# our flag only once a second.
+# Deterministic (SGD, no dropout); 128 steps of 32 examples an epoch.
 STEPS = 128
+HELD = 5  # the SIGTERM comes after this step of epoch 2; every rank stops after the next
 LONG = [
     "debug=tiny", "trainer.verbose=false", "model=lstm", "model.dropout=0", "trainer.optimizer=sgd",
     "trainer.momentum=0.9", "trainer.learning_rate=0.3", "trainer.gradient_clip_norm=0.5", "trainer.epochs=2",
@@ -90,23 +94,25 @@ def training_process(launcher: subprocess.Popen, marker: str | None) -> int:
     raise AssertionError(f"no training process with {marker} under {launcher.pid}")
 
 
-def start_and_signal(command: list[str], cwd: Path, marker: str | None, sig: int, ready: Callable[[], bool],
-                     delay: float = 0.3, env=None):
-    """Start `command`, and `delay` seconds after `ready(its output)` send `sig` to the process
-    `marker` picks. Returns the finished process's code and output."""
+def wait_for(ready: Callable[[], bool], process: subprocess.Popen, log: Path) -> None:
+    """Until `ready()` (an event the code emits: a file) while `process` runs; no deadline but the
+    process's own end (the test session's timeout is the hang guard)."""
+    while not ready():
+        assert process.poll() is None, f"ended (code {process.returncode}) first:\n" + quiet(log.read_text())[-3000:]
+        time.sleep(0.05)
+
+
+def start_and_signal(command: list[str], cwd: Path, marker: str | None, sig: int, ready: Callable[[], bool], env=None):
+    """Start `command`, and once `ready()` send `sig` to the process `marker` picks. Returns the
+    finished process's code and output."""
     path = cwd / "attempt.log"
     log = path.open("w")
     launcher = subprocess.Popen(command, cwd=cwd, env=env or ENV, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        deadline = time.time() + 240
-        while not ready():
-            assert launcher.poll() is None, f"ended (code {launcher.returncode}) before training:\n" + quiet(path.read_text())[-3000:]
-            assert time.time() < deadline, "no training after 240 s"
-            time.sleep(0.05)
-        time.sleep(delay)
+        wait_for(ready, launcher, path)
         os.kill(training_process(launcher, marker), sig)
-        code = launcher.wait(timeout=180)
+        code = launcher.wait(timeout=900)  # a hang guard, far beyond any run's time
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
@@ -115,16 +121,18 @@ def start_and_signal(command: list[str], cwd: Path, marker: str | None, sig: int
     return code, path.read_text()
 
 
+def held_at(tmp_path: Path, fault: str) -> tuple[dict, Callable[[], bool]]:
+    """The environment that plans `fault` (see `sentiment_dist.training.faults`), and whether it fired."""
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    env = {**ENV, "SENTIMENT_DIST_FAULTS": fault, "SENTIMENT_DIST_FAULTS_DIR": str(faults)}
+    return env, (faults / "0.fired").exists
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """The run never interrupted (single device; every strategy trains the same model)."""
     return session_run(tmp_path_factory, "uninterrupted", module("train", *LONG))
-
-
-def epoch_saved(run_dir: Path) -> Callable[[], bool]:
-    """Whether the first epoch's checkpoint is there: training is under way (a SIGTERM before a
-    job's first step ends it at once: there is nothing new to save)."""
-    return lambda: (run_dir / "checkpoints" / "checkpoint").exists()
 
 
 def check_history(run_dir: Path, reference: Path) -> None:
@@ -144,12 +152,14 @@ def test_sigterm_mid_epoch_saves_there_and_a_rerun_ends_like_an_uninterrupted_ru
     run_dir = tmp_path / "run"
     command = launch([*LONG, *wandb, f"hydra.run.dir={run_dir}"])
 
-    code, output = start_and_signal(command, tmp_path, marker, signal.SIGTERM, epoch_saved(run_dir))
+    rank = 0 if marker is None else 1  # the process the signal goes to
+    env, held = held_at(tmp_path, f"sigterm between_steps rank={rank} epoch=2 step={HELD}")
+    code, output = start_and_signal(command, tmp_path, marker, signal.SIGTERM, held, env=env)
     assert code == EXIT_PREEMPTED, quiet(output)[-4000:]
     lines = PREEMPTED.findall(output)
     assert len(lines) == 1, quiet(output)[-4000:]  # one line, from the chief
     step, checkpoint, where = int(lines[0][0]), lines[0][1], lines[0][2]
-    assert 0 < step < STEPS  # mid-epoch: at the next step boundary, not the epoch's end
+    assert step == HELD + 1  # mid-epoch: at the next step boundary, on every rank
     assert Path(where) == run_dir and Path(checkpoint).parent == run_dir / "checkpoints"
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")) == checkpoint
     assert not (run_dir / "metrics.json").exists()
@@ -159,7 +169,8 @@ def test_sigterm_mid_epoch_saves_there_and_a_rerun_ends_like_an_uninterrupted_ru
     assert f"Resuming from {checkpoint}: epoch 2 after {step * 32} examples." in result.stdout
     assert (run_dir / "metrics.json").exists() and read_json(run_dir / "metrics.json")["epochs_run"] == 2
     check_history(run_dir, reference)
-    assert_same_weights(reference, run_dir)
+    assert_same_weights(reference, run_dir)  # model.keras: the best epoch's
+    assert_same_last_state(reference, run_dir)  # the last epoch's, the optimizer's state, the position
     assert not list(run_dir.rglob(".tmp-*"))
     if wandb:  # one W&B run, resumed: two offline segments with one id, each epoch logged once
         segments = sorted(run_dir.glob("wandb/offline-run-*"))

@@ -13,7 +13,17 @@ import keras
 import numpy as np
 import pytest
 import wandb_records as wr
-from conftest import cli_env, composed, horovodrun, module, read_json, run, tiny_model, tiny_trainer
+from conftest import (
+    cli_env,
+    composed,
+    horovodrun,
+    module,
+    read_json,
+    run,
+    session_run,
+    tiny_model,
+    tiny_trainer,
+)
 from omegaconf import OmegaConf
 
 from sentiment_dist.data import load_dataset
@@ -118,9 +128,8 @@ def test_a_stacked_bidirectional_encoder_cannot_leak_the_future():
 
 @pytest.fixture(scope="module")
 def exact_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("exact")
-    run(module("pretrain", *EXACT, f"trainer.batch_size={GLOBAL_BATCH}", f"hydra.run.dir={out}/run"), cwd=out)
-    return out / "run"
+    """Single device; shared in the session with test_distributed_transfer.py's comparisons."""
+    return session_run(tmp_path_factory, "pretrain_exact", module("pretrain", *EXACT, f"trainer.batch_size={GLOBAL_BATCH}"))
 
 
 def test_lm_loss_falls_and_perplexity_is_measured_on_held_out_text(exact_run):

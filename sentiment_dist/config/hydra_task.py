@@ -28,11 +28,13 @@ from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.config import schema, search
 from sentiment_dist.jobs.rundir import RunDir
-from sentiment_dist.runtime.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, Preempted, UserError
+from sentiment_dist.runtime.errors import EXIT_PREEMPTED, Preempted, UserError, fail, record_exit_code
+from sentiment_dist.runtime.io import first_missing
 from sentiment_dist.runtime.launch import is_launch_chief, launch_rank
 
 log = logging.getLogger(__name__)
@@ -40,26 +42,6 @@ log = logging.getLogger(__name__)
 # conf/ sits beside the package in a checkout; an installed copy (Docker)
 # points at it with SENTIMENT_DIST_CONF.
 CONFIG_DIR = os.environ.get("SENTIMENT_DIST_CONF", str(Path(__file__).resolve().parent.parent.parent / "conf"))
-
-
-def fail(message: str) -> NoReturn:
-    """One sentence on stderr and exit code 2. SystemExit passes through Hydra's own handler,
-    which would print a traceback for any exception (even one raised in a resolver)."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    record_exit_code(EXIT_USER_ERROR)
-    sys.exit(EXIT_USER_ERROR)
-
-
-def record_exit_code(code: int) -> None:
-    """Write `code` to $SENTIMENT_DIST_EXIT_FILE, when a launcher set it: horovodrun exits 1
-    whatever its workers' codes were, so launch/horovodrun.sh reads the job's code from there."""
-    path = os.environ.get("SENTIMENT_DIST_EXIT_FILE")
-    if path:
-        try:
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(f"{code}\n")
-        except OSError as err:
-            log.warning("Cannot write the exit code to %s (%s).", path, err)
 
 
 def exit_preempted(stop: Preempted, directory: str) -> NoReturn:
@@ -81,16 +63,39 @@ def _scratch_dir() -> str:
     return os.path.join(tempfile.gettempdir(), f"sentiment-dist-rank{launch_rank()}-{os.getpid()}")
 
 
-def _writable_run_dir(path: str) -> str:
-    """`path`, created; or one sentence when it cannot be (read-only disk, a file in the way)."""
+def _writable_run_dir(path: str, kind: str = "run", setting: str = "paths.log_dir (or hydra.run.dir)") -> str:
+    """`path`, created and written to; or one sentence when it cannot be (nowhere to create it, a
+    file in the way, a read-only or full disk), and nothing left of what was created."""
+    missing = first_missing(path)
     try:
         os.makedirs(path, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-")
-        probe.close()
+        descriptor, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        try:
+            os.write(descriptor, b"x")  # a full disk fails on writing, not on creating
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+            os.remove(probe)
     except OSError as err:
-        fail(f"cannot create the run directory {path} ({err.strerror or err}); set paths.log_dir (or hydra.run.dir) "
-             "to a writable directory.")
+        if missing:
+            shutil.rmtree(missing, ignore_errors=True)
+        verb = "create" if missing else "write to"
+        fail(f"cannot {verb} the {kind} directory {path} ({err.strerror or err}); set {setting} to a writable directory.")
     return path
+
+
+class OutputDirs(Callback):
+    """Hydra creates the run dir (a sweep's dir) itself, and a path it cannot create ends in its
+    traceback: a dir named on the command line (`hydra.run.dir=`, `hydra.sweep.dir=`) is checked
+    first here, as `sd_run_dir` checks the default one (conf/hydra/default.yaml)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if is_launch_chief() or run_dir_named(config):
+            _writable_run_dir(str(config.hydra.run.dir), "run", "hydra.run.dir (or paths.log_dir)")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if is_launch_chief():
+            _writable_run_dir(str(config.hydra.sweep.dir), "sweep", "hydra.sweep.dir (or paths.log_dir)")
 
 
 def register_resolvers() -> None:
@@ -116,7 +121,12 @@ def run_dir() -> str:
 def run_dir_given() -> bool:
     """Whether the command line names the run dir (`hydra.run.dir=...`): then every process,
     chief or not, knows it from the start."""
-    return any(override.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for override in HydraConfig.get().overrides.hydra)
+    return run_dir_named(HydraConfig.get())
+
+
+def run_dir_named(config: DictConfig) -> bool:
+    hydra = config.hydra if "hydra" in config else config
+    return any(override.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for override in hydra.overrides.hydra)
 
 
 def _is_disposable(directory: str) -> bool:

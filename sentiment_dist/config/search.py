@@ -42,7 +42,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.config import schema
-from sentiment_dist.runtime.errors import EXIT_USER_ERROR, UserError
+from sentiment_dist.runtime.errors import EXIT_USER_ERROR, UserError, fail
 
 log = logging.getLogger(__name__)
 
@@ -371,8 +371,6 @@ class SweepCallback(Callback):
             check_search_space(config, config_name)
             resumed_study(config)
         except UserError as err:
-            from sentiment_dist.config.hydra_task import fail
-
             fail(str(err))
 
     def on_multirun_end(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:

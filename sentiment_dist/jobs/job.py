@@ -205,30 +205,38 @@ def fit_and_write(
         job.run.checkpoint_dir, job.run.best_weights, resume=cfg.trainer.resume,
     )
     callbacks.append(tracking.EpochLogger(tracker))
-    history = trainer.fit(splits.train, splits.validation, cfg.trainer.epochs, callbacks,
-                          verbose=cfg.trainer.verbose, schedule=schedule)
-    epochs = history.epochs
-    calibration = output.calibrate(trainer, splits.validation, cfg.trainer.get("tune_threshold", False))
-    metrics = {
-        "test": output.score(trainer, splits.test),
-        "validation": output.score(trainer, splits.validation),
-        "epochs_run": len(epochs),
-        "seconds_to_first_step": trainer.seconds_to_first_step,
-        "train_seconds": float(sum(epoch["epoch_seconds"] for epoch in epochs)),
-        output.throughput: float(np.mean([epoch[output.throughput] for epoch in epochs])) if epochs else 0.0,
-        "environment": environment,
-        **calibration,
-        **(extra_metrics or {}),
-    }
-    if before:
-        metrics["test_before_training"] = before
-    if dist.is_chief:
-        run = job.run
-        run.write_config(cfg)
-        run.write_vocabulary(vocabulary)
-        output.write(run, model, metrics)
-        run.write_json(RunDir.HISTORY, history.as_columns())
-        plot_history(history.as_columns(), run.file(RunDir.CURVES))
-        run.write_metrics(metrics)
-        output.report(metrics, tracker, run)
-    return metrics
+    written = False
+
+    def score_and_write(history) -> dict:
+        """After the last epoch, on every rank. Elastic Horovod runs this inside its elastic section
+        and again if a worker is lost meanwhile; the run dir is written once per process."""
+        nonlocal written
+        epochs = history.epochs
+        calibration = output.calibrate(trainer, splits.validation, cfg.trainer.get("tune_threshold", False))
+        metrics = {
+            "test": output.score(trainer, splits.test),
+            "validation": output.score(trainer, splits.validation),
+            "epochs_run": len(epochs),
+            "seconds_to_first_step": trainer.seconds_to_first_step,
+            "train_seconds": float(sum(epoch["epoch_seconds"] for epoch in epochs)),
+            output.throughput: float(np.mean([epoch[output.throughput] for epoch in epochs])) if epochs else 0.0,
+            "environment": environment,
+            **calibration,
+            **(extra_metrics or {}),
+        }
+        if before:
+            metrics["test_before_training"] = before
+        if dist.is_chief and not written:
+            run = job.run
+            run.write_config(cfg)
+            run.write_vocabulary(vocabulary)
+            output.write(run, model, metrics)
+            run.write_json(RunDir.HISTORY, history.as_columns())
+            plot_history(history.as_columns(), run.file(RunDir.CURVES))
+            run.write_metrics(metrics)
+            output.report(metrics, tracker, run)
+            written = True
+        return metrics
+
+    return trainer.fit(splits.train, splits.validation, cfg.trainer.epochs, callbacks,
+                       verbose=cfg.trainer.verbose, schedule=schedule, then=score_and_write)

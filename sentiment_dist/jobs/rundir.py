@@ -144,6 +144,9 @@ class RunDir:
 
     def load_classifier(self) -> ClassifierRun:
         """A finished classifier run: its model (Keras safe mode), label names and config."""
+        if os.path.isfile(self.path):
+            raise UserError(f"{self.path} is a file, not a run directory; pass the directory training printed "
+                            f"(it holds {self.MODEL}).")
         if not os.path.isdir(self.path):
             raise UserError(f"run directory {self.path} does not exist; pass the path printed by training.")
         model_path = self.require(self.MODEL)

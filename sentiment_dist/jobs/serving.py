@@ -16,30 +16,39 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 
 from sentiment_dist.runtime.errors import UserError
+from sentiment_dist.runtime.io import disk_error, first_missing
 
 SAVED_MODEL = "saved_model"
 TFLITE_FILES = {"float": "model.tflite", "dynamic_range": "model_dynamic_range.tflite"}
 
 
 def export_run(run_dir: str, out: str, tflite: bool) -> dict[str, str]:
-    import keras
-    import tensorflow as tf
-
-    from sentiment_dist.jobs.rundir import RunDir
-
-    run = RunDir(run_dir).load_classifier()
-    model = run.model
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-    def serve(text):
-        return {"probabilities": model(text[:, None], training=False)}
-
+    """Write the export into a staging dir beside `out`, renamed into place when complete: a
+    failure (a full disk: one sentence) leaves neither half an export nor the dirs made for it."""
     parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)  # renamed into place when complete
+    missing = first_missing(parent)
     try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    except OSError as err:
+        raise UserError(f"cannot create the export directory {out} ({err.strerror or err}); pass --out a "
+                        "directory you can write to.") from None
+    try:
+        import keras
+        import tensorflow as tf
+
+        from sentiment_dist.jobs.rundir import RunDir
+
+        run = RunDir(run_dir).load_classifier()
+        model = run.model
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def serve(text):
+            return {"probabilities": model(text[:, None], training=False)}
+
         module = tf.Module()
         module.model = model
         tf.saved_model.save(module, os.path.join(staging, SAVED_MODEL), signatures={"serving_default": serve})
@@ -59,8 +68,11 @@ def export_run(run_dir: str, out: str, tflite: bool) -> dict[str, str]:
         if os.path.exists(out):
             shutil.rmtree(out)
         os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as err:
+        shutil.rmtree(missing or staging, ignore_errors=True)  # what was made for the export
+        if disk_error(err):
+            raise UserError(f"cannot write the export to {out} ({disk_error(err)}); free space on that disk or "
+                            "pass --out another directory.") from None
         raise
     return written
 
@@ -90,6 +102,9 @@ def _read_labels(directory: str) -> tuple[list[str], float]:
 
 def load_predictor(path: str, batch_size: int):
     """(texts -> probabilities, label names, decision threshold) for a run dir, SavedModel or TFLite file."""
+    if os.path.isfile(path) and not path.endswith(".tflite"):
+        raise UserError(f"{path} is a file, not a model; pass a run directory, an exported saved_model/ directory "
+                        "or a .tflite file (sentiment-export writes the last two).")
     import numpy as np
     import tensorflow as tf
 
@@ -106,7 +121,13 @@ def load_predictor(path: str, batch_size: int):
         from sentiment_dist.jobs.rundir import RunDir
 
         directory = os.path.dirname(os.path.abspath(path))
-        interpreter = tf.lite.Interpreter(model_path=path)
+        try:
+            with warnings.catch_warnings():  # its deprecation notice: ours to act on, not the user's
+                warnings.simplefilter("ignore", UserWarning)
+                interpreter = tf.lite.Interpreter(model_path=path)
+        except ValueError as err:  # not a TFLite flatbuffer
+            raise UserError(f"{path} is not a TFLite model ({str(err).splitlines()[0]}); write one with "
+                            "sentiment-export RUN_DIR --tflite.") from None
         runner = interpreter.get_signature_runner()
         (input_name,) = runner.get_input_details()
         length = int(runner.get_input_details()[input_name]["shape"][1])

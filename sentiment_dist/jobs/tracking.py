@@ -263,18 +263,20 @@ def _run_id(cfg: DictConfig, run_dir: str) -> str:
 class FollowChief:
     """The tracker of an elastic job, which follows the chief: when a worker died and another
     process became rank 0, that process continues the same W&B run (its id is in the run dir)
-    and the old one, if alive, stops logging. `follow` runs at every reset. `behind`: the
-    epochs the dead chief logged may not have reached W&B (EpochLogger logs them again; W&B
-    keeps the first row of each step)."""
+    and the old one, if alive, stops logging. `follow` runs at every reset. The epochs the dead
+    chief logged may not have reached W&B: the new chief logs them again at once (`resend`:
+    EpochLogger's; W&B keeps the first row of each step), which also covers a chief lost after
+    the last epoch, when no epoch is left to end."""
 
     def __init__(self, tracker: Tracker, start: Callable[[], Tracker], dist):
         self.inner, self.start, self.dist = tracker, start, dist
-        self.behind = False
+        self.resend: list[Callable[[], None]] = []
 
     def follow(self) -> None:
         if self.dist.is_chief and self.inner.run is None:
             self.inner = self.start()
-            self.behind = True
+            for resend in self.resend:
+                resend()
         elif not self.dist.is_chief and self.inner.run is not None:
             self.inner.finish()
             self.inner = Tracker()
@@ -290,12 +292,19 @@ class EpochLogger(keras.callbacks.Callback):
         super().__init__()
         self.tracker = tracker
         self.logged: list[tuple[int, dict]] = []  # every rank keeps them: any may become the chief
+        if isinstance(tracker, FollowChief):
+            tracker.resend.append(self._resend)
+
+    def resume(self, epochs: list[dict]) -> None:
+        """The finished epochs' rows (a resumed run, or a worker that joined an elastic job): the
+        ones to send again if this process becomes the chief."""
+        self.logged = [(int(row["epoch"]) - 1, {k: v for k, v in row.items() if k != "epoch"}) for row in epochs]
+
+    def _resend(self) -> None:
+        for epoch, row in self.logged:
+            self.tracker.log_epoch(epoch, row)
 
     def on_epoch_end(self, epoch, logs=None):
-        if getattr(self.tracker, "behind", False):
-            for past, row in self.logged:
-                self.tracker.log_epoch(past, row)
-            self.tracker.behind = False
         row = {key: float(value) for key, value in (logs or {}).items()}
         self.logged.append((epoch, row))
         self.tracker.log_epoch(epoch, row)

@@ -9,11 +9,14 @@ full traceback.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 F = TypeVar("F", bound=Callable)
+log = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 2
 # "Preempted, resumable": the run saved where it stopped and a rerun with the same run dir
@@ -37,6 +40,26 @@ class Preempted(Exception):
         self.announce = announce
 
 
+def fail(message: str) -> NoReturn:
+    """One sentence on stderr and exit code 2. SystemExit passes through Hydra's own handler,
+    which would print a traceback for any exception (even one raised in a resolver)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    record_exit_code(EXIT_USER_ERROR)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def record_exit_code(code: int) -> None:
+    """Write `code` to $SENTIMENT_DIST_EXIT_FILE, when a launcher set it: horovodrun exits 1
+    whatever its workers' codes were, so launch/horovodrun.sh reads the job's code from there."""
+    path = os.environ.get("SENTIMENT_DIST_EXIT_FILE")
+    if path:
+        try:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(f"{code}\n")
+        except OSError as err:
+            log.warning("Cannot write the exit code to %s (%s).", path, err)
+
+
 def exit_on_user_error(func: F) -> F:
     """Print a `UserError` as one line on stderr and exit with code 2."""
 
@@ -45,7 +68,6 @@ def exit_on_user_error(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            sys.exit(EXIT_USER_ERROR)
+            fail(str(err))
 
     return wrapper  # type: ignore[return-value]

@@ -52,6 +52,15 @@ def disk_error(err: BaseException) -> str | None:
     return None
 
 
+def first_missing(path: str) -> str | None:
+    """The outermost directory of `path` that does not exist yet (None: `path` exists): what to
+    remove when making `path` fails half-way."""
+    missing, current = None, os.path.abspath(path)
+    while not os.path.lexists(current):
+        missing, current = current, os.path.dirname(current)
+    return missing
+
+
 def atomic_write_text(path: str, text: str) -> None:
     def write(temp: str) -> None:
         with open(temp, "w", encoding="utf-8") as handle:

@@ -111,7 +111,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.dist, self.directory, self.resuming = dist, directory, resume
         self.history = History()
         self.position = Position()
-        self.checkpoint = self.manager = None
+        self.checkpoint = None
 
     def attach(self, trainer) -> None:
         """Track `trainer`'s model and optimizers (called by the trainer before `restore`)."""
@@ -217,9 +217,14 @@ class Checkpointer(keras.callbacks.Callback):
             return None
         try:
             if write_dir == self.directory:  # the chief (elastic Horovod may make another process the chief)
-                if self.manager is None:
-                    self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=KEEP)
-                return self.manager.save()
+                # A manager made now reads the directory's state file (the newest checkpoint and the
+                # ones kept), whoever wrote it, and the next is numbered after that newest one: by
+                # this process's own save count, a process that became the chief mid-job would
+                # overwrite ckpt-1, the copy a damaged newest checkpoint falls back to. After such a
+                # fallback the state names the one resumed from, so the damaged one is overwritten.
+                manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=KEEP)
+                latest = manager.latest_checkpoint
+                return manager.save(checkpoint_number=int(latest.rsplit("-", 1)[1]) + 1 if latest else 1)
             tf.train.CheckpointManager(self.checkpoint, write_dir, max_to_keep=1).save()  # a worker's scratch copy
         except (tf.errors.OpError, OSError) as err:
             if not disk_error(err):

@@ -25,18 +25,18 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import keras
 import numpy as np
 import tensorflow as tf
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.data.pipeline import training_batches
 from sentiment_dist.data.tokens import TokenizedSplit
-from sentiment_dist.runtime.distribute import Distribution
+from sentiment_dist.runtime.distribute import Distribution, HorovodDistribution
 from sentiment_dist.runtime.errors import UserError
-from sentiment_dist.training import preemption
+from sentiment_dist.training import faults, preemption
 from sentiment_dist.training.checkpoint import Checkpointer, History
 from sentiment_dist.training.classification import ClassificationTask
 from sentiment_dist.training.optimizers import (
@@ -46,6 +46,8 @@ from sentiment_dist.training.optimizers import (
     make_optimizer,
     reduce_gradients_outside,
 )
+
+T = TypeVar("T")
 
 
 class TrainingDiverged(UserError):
@@ -128,6 +130,7 @@ class Trainer:
         self.by_length = bool(cfg.batch_by_length)
         self.seconds_to_first_step: float | None = None  # process start to the first step's start: start-up
         self.evaluator = self.task.evaluator(dist, model, self.global_batch, self.by_length)
+        self.fitting = False  # inside `fit`: under elastic Horovod, inside its elastic section
 
     def resize(self, global_batch: int) -> float:
         """The number of workers changed (elastic Horovod): train on `global_batch`, rescale the
@@ -161,6 +164,8 @@ class Trainer:
             first = active[0].optimizer
             scaled = first.scale_loss(loss) if hasattr(first, "scale_loss") else loss
         gradients = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
+        if faults.planned("in_allreduce"):  # only ever in the fault-tolerance tests
+            gradients = self._fault_point_before(gradients)
         gradients = self.dist.all_reduce_sum(gradients)
         if self.cfg.gradient_clip_norm:
             scale = getattr(first, "dynamic_scale", 1.0)
@@ -171,6 +176,18 @@ class Trainer:
             group.optimizer.apply_gradients(zip(gradients[start : start + count], group.variables, strict=True))
             start += count
         return stats
+
+    def _fault_point_before(self, gradients: list) -> list:
+        """`gradients`, reduced only after the `in_allreduce` fault point ran (see `faults`)."""
+        def point():
+            position = self.guard.position
+            faults.reached("in_allreduce", self, position.epoch + 1, position.examples // self.global_batch + 1)
+            return 0
+
+        with tf.control_dependencies(gradients):
+            reached = tf.py_function(point, [], tf.int32)
+        with tf.control_dependencies([reached]):
+            return [tf.identity(g) for g in gradients]
 
     def _train_step(self, batch):
         if self._train_step_fn is None:
@@ -188,7 +205,14 @@ class Trainer:
 
     # -- loops ------------------------------------------------------------
     def evaluate(self, split: TokenizedSplit, *options) -> Any:
-        """The task's held-out scores of `split` (a classifier takes a decision threshold)."""
+        """The task's held-out scores of `split` (a classifier takes a decision threshold).
+
+        Elastic Horovod outside `fit`: every process scores the whole split alone. A worker that
+        joins a running job runs what comes before training by itself, so nothing there may wait
+        for the others (they are in the elastic section, where collectives are recovered from)."""
+        if self.dist.elastic and not self.fitting:
+            alone = Distribution(OmegaConf.create({"name": "single"}))
+            return self.task.evaluator(alone, self.model, self.global_batch, self.by_length).evaluate(split, *options)
         return self.evaluator.evaluate(split, *options)
 
     def callbacks_around(self, callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
@@ -214,11 +238,17 @@ class Trainer:
         callbacks: list[keras.callbacks.Callback],
         verbose: bool = True,
         schedule: Callable[[int], set[str]] | None = None,
-    ) -> History:
+        then: Callable[[History], T] | None = None,
+    ) -> History | T:
         """Train for `epochs`, resuming from the `Checkpointer` among `callbacks` when it holds state.
 
         `schedule(epoch)` names the parameter groups that train in that epoch
         (gradual unfreezing); by default every group trains.
+
+        `then(history)`: what follows training on every rank (scores, the run dir); `fit` returns
+        what it returns (else the history). Under elastic Horovod it runs inside the elastic
+        section, so a worker lost during it is recovered from: the others roll back to the end
+        of training and run it again without that worker. It must be safe to repeat.
         """
         steps = len(train) // self.global_batch
         if steps == 0:
@@ -243,14 +273,41 @@ class Trainer:
             if hasattr(callback, "resume") and history.epochs:
                 callback.resume(history.epochs)
         def describe() -> str:
+            if position.epoch >= epochs:
+                return "the end of training"
             return position.describe(self.global_batch, len(train) // self.global_batch)
 
-        with preemption.guard(self, checkpointer, describe, (callbacks, callback_list)) as guard:
-            self.guard, self._train_step_fn = guard, None  # Horovod traces its preemption vote into the step
-            guard.train(lambda: self._epochs(train, validation, epochs, callback_list, checkpointer, schedule))
-        self.guard, self._train_step_fn = preemption.Guard(self), None
-        callback_list.on_train_end()
-        return history
+        def end() -> None:
+            faults.reached("after_training", self)
+            if position.epoch < epochs and not self.model.stop_training:  # only early stopping ends sooner
+                raise RuntimeError(f"training ended after {position.epoch} of {epochs} epochs, with no error raised")
+            callback_list.on_train_end()
+
+        self.fitting = True
+        try:
+            with self._guard(checkpointer, describe, (callbacks, callback_list)) as guard:
+                self.guard, self._train_step_fn = guard, None  # Horovod traces its preemption vote into the step
+                return guard.train(
+                    lambda: self._epochs(train, validation, epochs, callback_list, checkpointer, schedule),
+                    end, lambda: then(history) if then else history,
+                )
+        finally:
+            self.fitting = False
+            self.guard, self._train_step_fn = preemption.Guard(self), None
+
+    def _guard(self, checkpointer: Checkpointer, describe: Callable[[], str], callbacks: tuple) -> preemption.Guard:
+        """The preemption guard for this strategy; the base one when there is nowhere to save.
+        `callbacks`: the training's callbacks and their CallbackList (elastic Horovod brings a
+        worker that joined up to date through them)."""
+        if not checkpointer.saves:
+            return preemption.Guard(self, checkpointer, describe)
+        if self.dist.elastic:
+            from sentiment_dist.training.elastic import ElasticGuard  # imports Horovod
+
+            return ElasticGuard(self, checkpointer, describe, callbacks)
+        if isinstance(self.dist, HorovodDistribution):
+            return preemption.HorovodGuard(self, checkpointer, describe)
+        return preemption.TensorFlowGuard(self, checkpointer, describe)
 
     def _epochs(self, train: TokenizedSplit, validation: TokenizedSplit, epochs: int,
                 callback_list: keras.callbacks.CallbackList, checkpointer: Checkpointer,
@@ -285,12 +342,14 @@ class Trainer:
                         "trainer.learning_rate or set trainer.gradient_clip_norm" + checkpointer.kept_note() + "."
                     )
                 self.guard.after_step()
+                faults.reached("between_steps", self, epoch + 1, step + 1)
                 if self.cfg.get("max_steps") and self.steps_taken() >= self.cfg.max_steps:
                     self.model.stop_training = True  # this epoch is validated and ends the run
                     break
             seconds, examples, totals = time.perf_counter() - started, position.examples, position.totals
             # Validation sees the averaged weights (if any): SwapEMAWeights swaps them in for the test.
             callback_list.on_test_begin()
+            faults.reached("validation", self, epoch + 1)
             result = self.evaluate(validation)
             callback_list.on_test_end()
             logs = {

@@ -31,7 +31,6 @@ from typing import Any
 
 import tensorflow as tf
 
-from sentiment_dist.runtime.distribute import HorovodDistribution
 from sentiment_dist.runtime.errors import Preempted
 from sentiment_dist.training.checkpoint import Checkpointer
 
@@ -72,12 +71,21 @@ class Guard:
         """One training step (the training loop calls this for every batch)."""
         return step(batch)
 
-    def train(self, epochs: Callable[[], None]) -> None:
-        """Run the training loop `epochs` (elastic Horovod wraps it)."""
+    def train(self, epochs: Callable[[], None], end: Callable[[], None], then: Callable[[], Any]) -> Any:
+        """Run the training loop `epochs`, `end` it (callbacks' `on_train_end`: the best epoch's
+        weights put back), then `then` (what follows training: scores, the run dir), and return what
+        `then` returns. Elastic Horovod runs them where a lost worker is recovered from."""
         epochs()
+        end()
+        return then()
 
     def after_step(self) -> None:
         pass
+
+    def take_notice(self) -> None:
+        """Return once a SIGTERM has come and will stop training at the next step boundary (the
+        fault-injection hook waits on this: `sentiment_dist.training.faults`)."""
+        SIGTERM_SEEN.wait()
 
     def after_epoch(self) -> None:
         pass
@@ -108,6 +116,15 @@ class _RecordingSigterm(Guard):
             raise SystemExit(128 + signum)
 
     def __exit__(self, *exc) -> None:
+        self._stop_recording()
+
+    def train(self, epochs: Callable[[], None], end: Callable[[], None], then: Callable[[], Any]) -> Any:
+        epochs()
+        self._stop_recording()
+        end()
+        return then()
+
+    def _stop_recording(self) -> None:
         # Outside training a SIGTERM ends the process at once (nothing newer to save).
         signal.signal(signal.SIGTERM, self._previous if callable(self._previous) else signal.SIG_DFL)
 
@@ -156,6 +173,10 @@ class TensorFlowGuard(_RecordingSigterm):
     def _save(self) -> None:
         self.saved = self.checkpointer.save(self.position)
 
+    def take_notice(self) -> None:
+        SIGTERM_SEEN.wait()
+        self.handler._received_own_sigterm.wait()  # the handler's watcher polls our flag once a second
+
     def run(self, step: Callable, batch: Any) -> Any:
         # The handler checks before the step; on a notice it runs one more, then saves and calls exit_fn.
         result = self.handler.run(step, batch)
@@ -194,18 +215,3 @@ class HorovodGuard(_RecordingSigterm):
         path = self.checkpointer.save(self.position)  # the chief writes; the others have nothing to write
         # The chief's path for everyone, and a barrier: no rank leaves while the chief still writes.
         self._stop(self.dist.broadcast_object(path))
-
-
-def guard(trainer, checkpointer: Checkpointer, describe: Callable[[], str], callbacks: tuple) -> Guard:
-    """The guard for `trainer`'s strategy; the base one when there is nowhere to save.
-    `callbacks`: the training's callbacks and their CallbackList (elastic Horovod brings a
-    worker that joined up to date through them)."""
-    if not checkpointer.saves:
-        return Guard(trainer, checkpointer, describe)
-    if trainer.dist.elastic:
-        from sentiment_dist.training.elastic import ElasticGuard
-
-        return ElasticGuard(trainer, checkpointer, describe, callbacks)
-    if isinstance(trainer.dist, HorovodDistribution):
-        return HorovodGuard(trainer, checkpointer, describe)
-    return TensorFlowGuard(trainer, checkpointer, describe)
