@@ -40,7 +40,9 @@ from sentiment_dist.models.language_model import build_language_model, unigram_l
 from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.training.language_modeling import LanguageModelTask
+from sentiment_dist.training.metrics import headline_metric
 from sentiment_dist.training.optimizers import param_groups
+from sentiment_dist.training.selection import Selection, resolve_monitors
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ def train_classifier(job: Job, tracker: tracking.Tracker) -> dict:
             copied = init_classifier(pretrained, classifier)
             if dist.is_chief:
                 log.info("Initialised %s from the language model in %s.", ", ".join(copied), pretrained.directory)
+    resolve_monitors(cfg.trainer, headline_metric(inputs.data.train.labels, len(inputs.label_names)))
     return fit_and_write(job, tracker, ClassifierOutput(inputs.label_names, inputs.vectorizer), classifier,
                          len(inputs.label_names), inputs.splits, inputs.vocabulary, extra_metrics={"data": inputs.summary})
 
@@ -94,6 +97,7 @@ def pretrain_language_model(job: Job, tracker: tracking.Tracker) -> dict:
             for head in model.heads:
                 head.bias.assign(unigram_log_frequencies(inputs.splits.train.tokens, vocab_size))
     task = LanguageModelTask(vocab_size, cfg.lm.num_sampled)
+    resolve_monitors(cfg.trainer, None)
     multipliers = cfg.lm.lr_multipliers if pretrained else None  # continued pretraining only
     groups = param_groups(group_variables([*model.encoder.layers, *model.heads]), multipliers) if multipliers else None
     environment = {
@@ -132,11 +136,25 @@ def finetune_classifier(job: Job, source: ClassifierRun, tracker: tracking.Track
     data = with_augmented_train(data, cfg.finetune.augment, source.vocabulary, embedding_table(source.classifier), dist)
     inputs = classifier_inputs(cfg, dist, vocabulary, data)
     classifier, groups, schedule = transferred_classifier(cfg.finetune, dist, source, len(vocabulary), inputs.label_names)
-    # With the source's head kept, the untouched model is the baseline the fine-tune must beat.
+    # With the source's head kept, the untouched model is the baseline the fine-tune must beat: on
+    # test it is reported, on validation it competes (finetune.guard, and WiSE-FT's interpolations).
     reused_head = inputs.label_names == source.label_names and cfg.finetune.head != "new"
+    resolve_monitors(cfg.trainer, headline_metric(inputs.data.train.labels, len(inputs.label_names)))
+    selection = source_selection(cfg, reused_head)
     return fit_and_write(job, tracker, ClassifierOutput(inputs.label_names, inputs.vectorizer), classifier,
                          len(inputs.label_names), inputs.splits, inputs.vocabulary, groups, schedule,
-                         extra_metrics={"data": inputs.summary}, test_before_training=reused_head)
+                         extra_metrics={"data": inputs.summary}, test_before_training=reused_head,
+                         selection=selection)
+
+
+def source_selection(cfg: DictConfig, reused_head: bool) -> Selection | None:
+    """What competes with the fine-tuned weights on validation: the source (`finetune.guard`) and the
+    interpolations toward it (`finetune.wise_ft_alphas`). Only a reused head makes the source a
+    classifier of the target's classes; a new head starts from random weights, nothing to keep."""
+    settings = cfg.finetune
+    if not reused_head or not (settings.guard or settings.wise_ft_alphas):
+        return None
+    return Selection(cfg.trainer.best_monitor, list(settings.wise_ft_alphas), guard=bool(settings.guard))
 
 
 def finetune_from_language_model(job: Job, pretrained: PretrainedRun, tracker: tracking.Tracker,
@@ -158,6 +176,7 @@ def finetune_from_language_model(job: Job, pretrained: PretrainedRun, tracker: t
     inputs = classifier_inputs(cfg, dist, vocabulary, data)
     classifier, groups, schedule = pretrained_classifier(cfg.finetune, dist, pretrained, len(vocabulary),
                                                          inputs.label_names, cfg.model)
+    resolve_monitors(cfg.trainer, headline_metric(inputs.data.train.labels, len(inputs.label_names)))
     return fit_and_write(job, tracker, ClassifierOutput(inputs.label_names, inputs.vectorizer), classifier,
                          len(inputs.label_names), inputs.splits, inputs.vocabulary, groups, schedule,
                          extra_metrics={"data": inputs.summary})
