@@ -184,23 +184,30 @@ def test_transfer_report_compares_every_method_at_every_size_and_resumes(source_
     command = module("transfer_report", "debug=tiny", "trainer.verbose=false", f"finetune.source={source_run}",
                      "report.sizes=[64,all]", "report.schedules=[gradual]", "report.lm_schedules=[gradual]",
                      f"hydra.run.dir={tmp_path}/run")
-    run(command, cwd=tmp_path)
+    run(command, cwd=tmp_path, timeout=900)
     report = read_json(tmp_path / "run" / "transfer_report.json")
     methods = {(row["method"], row["n"]) for row in report["summary"]}
     methods_run = ("source_as_is", "source_tfidf", "source_plus_target_tfidf", "target_tfidf", "scratch",
-                   "finetune_gradual", "finetune_gradual+threshold", "lm_finetune_gradual")
-    assert methods == {(m, n) for m in methods_run for n in (64, 512)} - {("finetune_gradual+threshold", 512)}
+                   "finetune_gradual", "finetune_gradual:unguarded", "finetune_gradual:guard", "finetune_gradual:wise_ft",
+                   "finetune_gradual+threshold", "lm_finetune_gradual")
+    assert methods == {(m, n) for m in methods_run for n in (64, 512)}  # threshold is free: every N
     assert (tmp_path / "run" / "lm_target" / "language_model.weights.h5").exists()  # adapted to the target's text
     assert all(0 <= row["accuracy"] <= 1 and row["repeats"] >= 1 for row in report["summary"])
+    # Each mean with its 95% interval (test examples resampled; one repeat here).
+    assert all(row["macro_f1_low"] <= row["macro_f1_high"] and row["macro_f1_high"] - row["macro_f1_low"] < 0.2
+               for row in report["summary"])
+    assert all("predicted" not in point for point in report["points"])  # kept in the points file only
     assert report["headline"] == "accuracy" and not report["imbalanced"]  # synthetic classes are balanced
     assert [v["n"] for v in report["verdicts"]] == [64, 512]
     for verdict in report["verdicts"]:
         assert verdict["best_baseline"] in ("source_as_is", "source_tfidf", "source_plus_target_tfidf", "target_tfidf", "scratch")
         assert ("wins" in verdict["sentence"]) == verdict["finetune_wins"]
+        assert verdict["default"] == "finetune_gradual"
+        assert verdict["default_margin_low"] <= verdict["default_margin"] + 1e-9 <= verdict["default_margin_high"] + 2e-9
     assert (tmp_path / "run" / "transfer_report.png").stat().st_size > 10_000
     # Killed or not, a rerun in the same run dir finishes only what is missing: here, nothing.
     points = (tmp_path / "run" / "transfer_report_points.jsonl").read_text()
-    result = run(command, cwd=tmp_path)
+    result = run(command, cwd=tmp_path, timeout=900)
     assert "Resuming the transfer report" in result.stdout + result.stderr
     assert (tmp_path / "run" / "transfer_report_points.jsonl").read_text() == points
     assert read_json(tmp_path / "run" / "transfer_report.json")["summary"] == report["summary"]
@@ -423,3 +430,17 @@ def test_auto_monitors_follow_the_headline_metric():
     language_model = tiny_trainer(best_monitor="auto")
     resolve_monitors(language_model, None)
     assert language_model.best_monitor == "val_loss"
+
+
+def test_the_report_s_fine_tune_is_guarded_too(strong_source, harmful_target, tmp_path):
+    run(module("transfer_report", "debug=tiny", "trainer.verbose=false", f"finetune.source={strong_source}", *harmful_target,
+               "report.sizes=[64]", "report.schedules=[gradual]", "report.helpers=[]", f"hydra.run.dir={tmp_path}/run"),
+        cwd=tmp_path)
+    report = read_json(tmp_path / "run" / "transfer_report.json")
+    rows = {row["method"]: row for row in report["points"]}
+    kept, unguarded = rows["finetune_gradual"], rows["finetune_gradual:unguarded"]
+    assert kept["alpha"] == 0.0 and unguarded["alpha"] == 1.0
+    assert unguarded["validation"] < kept["validation"]  # the fine-tune hurt, on validation
+    assert kept["accuracy"] == rows["source_as_is"]["accuracy"] and kept["macro_f1"] == rows["source_as_is"]["macro_f1"]
+    (summary,) = [row for row in report["summary"] if row["method"] == "finetune_gradual"]
+    assert summary["kept_source"] == 1.0

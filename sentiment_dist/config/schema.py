@@ -150,6 +150,7 @@ class ReportHelper(StrEnum):
     threshold = "threshold"  # the decision threshold chosen on validation macro-F1 (binary)
     l2_sp = "l2_sp"  # finetune.l2_sp=report.l2_sp: weights pulled toward the source's
     tfidf = "tfidf"  # probabilities averaged with source + target TF-IDF's, the weight chosen on validation
+    lm_adapt = "lm_adapt"  # ULMFiT stage 2: the source's encoder first trained as a language model on the target's texts
 
 
 class StrategyName(StrEnum):

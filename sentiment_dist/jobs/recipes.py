@@ -77,11 +77,18 @@ def train_classifier(job: Job, tracker: tracking.Tracker) -> dict:
                          len(inputs.label_names), inputs.splits, inputs.vocabulary, extra_metrics={"data": inputs.summary})
 
 
-def pretrain_language_model(job: Job, tracker: tracking.Tracker) -> dict:
+def pretrain_language_model(job: Job, tracker: tracking.Tracker, encoder_from: ClassifierRun | None = None) -> dict:
     """`cfg.model`'s embedding and encoder trained as a language model on `cfg.dataset`'s texts
-    (continued from `init.from`, each group at its `lm.lr_multipliers` rate, when given)."""
+    (continued from `init.from`, each group at its `lm.lr_multipliers` rate, when given; with
+    `encoder_from`, the embedding and encoder start from that classifier's instead, the output
+    layers from `init.from`'s)."""
     cfg, dist = job.cfg, job.dist
     pretrained = _pretrained(job)
+    if encoder_from is not None and (pretrained is None or encoder_from.vocabulary != pretrained.vocabulary):
+        raise UserError(
+            f"the source classifier {encoder_from.directory} can be adapted to the target's texts only with the output "
+            "layers of the language model it was trained from: set init.from=<that pretrain run> (same vocabulary)."
+        )
     vocabulary = None
     if pretrained:
         def vocabulary(texts):
@@ -93,6 +100,9 @@ def pretrain_language_model(job: Job, tracker: tracking.Tracker) -> dict:
         if pretrained:
             copy_layers(language_model_layers(pretrained), [*model.encoder.layers, *model.heads],
                         f"init.from={pretrained.directory}")
+        if encoder_from is not None:
+            copy_layers(encoder_from.classifier.layers, model.encoder.layers, f"the source run {encoder_from.directory}",
+                        missing="the source classifier has no layer {name!r}: it is not of the language model's family.")
         else:
             for head in model.heads:
                 head.bias.assign(unigram_log_frequencies(inputs.splits.train.tokens, vocab_size))
@@ -266,3 +276,22 @@ def adapted_language_model(job: Job, general: DictConfig, model: DictConfig, gro
     target_job = job.at(job.run.child("lm_target"), language_model_config(cfg, cfg.dataset, general_model, {"from": general_dir}))
     stage(target_job, "pretrain", lambda tracker: pretrain_language_model(target_job, tracker), group)
     return target_job.run.load_language_model()
+
+
+def adapted_source_encoder(job: Job, source: ClassifierRun, group: str | None) -> PretrainedRun:
+    """ULMFiT's stage 2 for a source classifier (`<run dir>/lm_source`, reused when finished): its
+    embedding and encoder trained further as a language model on the target's training texts
+    (`cfg.dataset`, labels unused), under the output layers of the language model it came from
+    (`init.from`), so that they read the target's words before the labels are fitted."""
+    cfg = job.cfg
+    general_dir = init_from(cfg)
+    if general_dir is None:
+        raise UserError("adapting the source classifier's encoder to the target's texts (report.helpers lm_adapt) needs "
+                        "the language model it was trained from: set init.from=<that pretrain run>.")
+    general = RunDir(general_dir).load_language_model()
+    check_compatible(general, source.config.model)
+    general_model = general.config.model
+    adapt_job = job.at(job.run.child("lm_source"),
+                       language_model_config(cfg, cfg.dataset, general_model, {"from": general_dir, "vocab": "source"}))
+    stage(adapt_job, "pretrain", lambda tracker: pretrain_language_model(adapt_job, tracker, encoder_from=source), group)
+    return adapt_job.run.load_language_model()
