@@ -141,7 +141,7 @@ class Selection:
 
 def describe(summary: dict) -> str:
     """One line for the log: which weights won on validation, and by how much."""
-    monitor, source, tuned = summary["monitor"], summary["source"], summary["fine_tuned"]
+    monitor, source, tuned = summary["monitor"].removeprefix("val_"), summary["source"], summary["fine_tuned"]
     if summary["kept"] == "source":
         return (f"Kept the source weights: validation {monitor} {source:.4f}, the fine-tuned weights' {tuned:.4f} "
                 f"did not beat it ({tuned - source:+.4f}).")
