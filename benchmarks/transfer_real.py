@@ -41,6 +41,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 from imdb_data import DATA_DIR, REPO, RESULTS_DIR, RUNS_DIR, imdb_csv, run_cli, write_results
 
 SHARED = REPO.parent / "shared" / "data"
@@ -80,7 +81,6 @@ def flipkart_split(lm_dir: Path, train_rows: int, test_rows: int) -> tuple[Path,
     1- or 5-star `rating`, so `dataset=flipkart` reads the files unchanged."""
     train, test = DATA_DIR / f"flipkart_train_{train_rows}.csv", DATA_DIR / f"flipkart_test_{test_rows}.csv"
     if not train.exists() or not test.exists():
-        import numpy as np
         import pandas as pd
         from omegaconf import OmegaConf
 
@@ -103,7 +103,6 @@ def flipkart_imbalanced_split(lm_dir: Path) -> tuple[Path, Path, Path]:
     paths = tuple(DATA_DIR / f"flipkart_3pct_{name}_{rows}.csv" for name, rows in zip(("train", "validation", "test"),
                                                                                       IMBALANCED_ROWS, strict=True))
     if not all(path.exists() for path in paths):
-        import numpy as np
         import pandas as pd
         from omegaconf import OmegaConf
 
@@ -342,18 +341,21 @@ def write(args, stages: dict, reports: dict) -> None:
                        f"test and {data.get('validation_examples', '?')} validation reviews; {report['settings']}",
                        rows, columns))
         default = next((v.get("default") for v in data["verdicts"] if v.get("default")), None)
-        if default:  # each method measured against the default, one by one
+        if default:  # each method measured against the default, one by one, on the seeds both ran
+            scores = {(p["method"], p["n"], p["repeat"]): p[metric] for p in data["points"]}
             rows = []
             for method in methods:
                 if method in BASELINES or method == default:
                     continue
                 row = {"method": method}
                 for n in sizes:
-                    if (method, n) in cells and (default, n) in cells:
-                        row[f"n{n}"] = f"{100 * (cells[(method, n)][metric] - cells[(default, n)][metric]):+.1f}"
+                    both = [r for (m, size, r) in scores if m == method and size == n and (default, n, r) in scores]
+                    if both:
+                        gap = np.mean([scores[(method, n, r)] - scores[(default, n, r)] for r in both])
+                        row[f"n{n}"] = f"{100 * gap:+.1f}" + ("" if len(both) == args.repeats else f" ({len(both)} seeds)")
                 rows.append(row)
-            tables.append((f"{target}: each other fine-tuned method minus the default ({default}), points of {metric}",
-                           rows, columns))
+            tables.append((f"{target}: each other fine-tuned method minus the default ({default}), points of {metric}, "
+                           "paired by seed", rows, columns))
         for verdict in data["verdicts"]:
             verdicts.append({"target": target, **verdict})
     tables.append(("Per N: the best fine-tuned configuration against the best baseline", verdicts,
