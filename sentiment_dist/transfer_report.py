@@ -21,7 +21,7 @@ def main(cfg: DictConfig) -> list[dict]:
     from sentiment_dist.data import load_dataset
     from sentiment_dist.jobs import tracking
     from sentiment_dist.jobs.job import start, tracked
-    from sentiment_dist.jobs.recipes import adapted_language_model, source_classifier
+    from sentiment_dist.jobs.recipes import adapted_language_model, adapted_source_encoder, source_classifier
     from sentiment_dist.jobs.report import Report, check_samples
 
     if cfg.strategy.name != "single":
@@ -34,6 +34,8 @@ def main(cfg: DictConfig) -> list[dict]:
     group = cfg.logger.get("group") or tracking.source_group(source.directory)
     if cfg.report.lm_schedules:  # the general LM reads the source run's own corpus, with its architecture
         report.use_language_model(adapted_language_model(job, source.config.dataset, source.config.model, group))
+    if "lm_adapt" in cfg.report.helpers:  # the source's own encoder, adapted to the target's texts
+        report.use_adapted_encoder(adapted_source_encoder(job, source, group))
     summary = report.run()
     written = report.write(job.run)
     return tracked(job, "transfer_report", lambda tracker: tracker.log_report(summary, job.run.path) or written,

@@ -184,23 +184,30 @@ def test_transfer_report_compares_every_method_at_every_size_and_resumes(source_
     command = module("transfer_report", "debug=tiny", "trainer.verbose=false", f"finetune.source={source_run}",
                      "report.sizes=[64,all]", "report.schedules=[gradual]", "report.lm_schedules=[gradual]",
                      f"hydra.run.dir={tmp_path}/run")
-    run(command, cwd=tmp_path)
+    run(command, cwd=tmp_path, timeout=900)
     report = read_json(tmp_path / "run" / "transfer_report.json")
     methods = {(row["method"], row["n"]) for row in report["summary"]}
     methods_run = ("source_as_is", "source_tfidf", "source_plus_target_tfidf", "target_tfidf", "scratch",
-                   "finetune_gradual", "finetune_gradual+threshold", "lm_finetune_gradual")
-    assert methods == {(m, n) for m in methods_run for n in (64, 512)} - {("finetune_gradual+threshold", 512)}
+                   "finetune_gradual", "finetune_gradual:unguarded", "finetune_gradual:guard", "finetune_gradual:wise_ft",
+                   "finetune_gradual+threshold", "lm_finetune_gradual")
+    assert methods == {(m, n) for m in methods_run for n in (64, 512)}  # threshold is free: every N
     assert (tmp_path / "run" / "lm_target" / "language_model.weights.h5").exists()  # adapted to the target's text
     assert all(0 <= row["accuracy"] <= 1 and row["repeats"] >= 1 for row in report["summary"])
+    # Each mean with its 95% interval (test examples resampled; one repeat here).
+    assert all(row["macro_f1_low"] <= row["macro_f1_high"] and row["macro_f1_high"] - row["macro_f1_low"] < 0.2
+               for row in report["summary"])
+    assert all("predicted" not in point for point in report["points"])  # kept in the points file only
     assert report["headline"] == "accuracy" and not report["imbalanced"]  # synthetic classes are balanced
     assert [v["n"] for v in report["verdicts"]] == [64, 512]
     for verdict in report["verdicts"]:
         assert verdict["best_baseline"] in ("source_as_is", "source_tfidf", "source_plus_target_tfidf", "target_tfidf", "scratch")
         assert ("wins" in verdict["sentence"]) == verdict["finetune_wins"]
+        assert verdict["default"] == "finetune_gradual"
+        assert verdict["default_margin_low"] <= verdict["default_margin"] + 1e-9 <= verdict["default_margin_high"] + 2e-9
     assert (tmp_path / "run" / "transfer_report.png").stat().st_size > 10_000
     # Killed or not, a rerun in the same run dir finishes only what is missing: here, nothing.
     points = (tmp_path / "run" / "transfer_report_points.jsonl").read_text()
-    result = run(command, cwd=tmp_path)
+    result = run(command, cwd=tmp_path, timeout=900)
     assert "Resuming the transfer report" in result.stdout + result.stderr
     assert (tmp_path / "run" / "transfer_report_points.jsonl").read_text() == points
     assert read_json(tmp_path / "run" / "transfer_report.json")["summary"] == report["summary"]
@@ -270,3 +277,170 @@ def test_multi_optimizer_cannot_freeze_a_group():
     fresh.apply([keras.ops.ones_like(v) for v in embedding], embedding)
     first = float(np.abs(embedding[0].numpy() - start).max())
     assert 2.3 < late / first < 2.7, (late, first)
+
+
+# --- the guard: a fine-tune never returns weights worse than the source, on validation ------------
+
+
+@pytest.fixture(scope="module")
+def strong_source(tmp_path_factory):
+    """A source good enough on its own domain (about 0.9) that a fine-tune can make it worse."""
+    out = tmp_path_factory.mktemp("strong_source")
+    run(module("train", *TINY_SOURCE, "dataset.max_rows=2048", f"hydra.run.dir={out}/run"), cwd=out)
+    return out / "run"
+
+
+@pytest.fixture(scope="module")
+def harmful_target(tmp_path_factory):
+    """A target on which fine-tuning hurts: new reviews of the source's own domain (where the source
+    is good) whose training labels are flipped, while their validation and test labels are right."""
+    import pandas as pd
+    from conftest import composed
+
+    from sentiment_dist.data import load_dataset
+
+    out = tmp_path_factory.mktemp("harmful")
+    data = load_dataset(composed("train", "debug=tiny", "dataset.seed=7").dataset)
+    names = np.array(data.label_names)
+    for name, split, flip in (("train", data.train, True), ("validation", data.validation, False), ("test", data.test, False)):
+        labels = 1 - split.labels if flip else split.labels
+        pd.DataFrame({"text": split.texts, "label": names[labels]}).to_csv(out / f"{name}.csv", index=False)
+    return [f"dataset.{name}_path={out / name}.csv" for name in ("train", "validation", "test")] + ["dataset=csv"]
+
+
+def test_when_fine_tuning_hurts_the_source_comes_back_unchanged(strong_source, harmful_target, tmp_path):
+    common = [*TINY_TARGET, f"finetune.source={strong_source}", *harmful_target]
+    result = run(module("finetune", *common, f"hydra.run.dir={tmp_path}/guarded"), cwd=tmp_path)
+    metrics = read_json(tmp_path / "guarded" / "metrics.json")
+    selection = metrics["selection"]
+    # Every fine-tuned epoch is worse than the source on validation (else this test proves nothing) ...
+    assert max(read_json(tmp_path / "guarded" / "history.json")["val_accuracy"]) < selection["source"]
+    # ... so the source comes back, bit for bit, and the run dir says so.
+    assert selection["kept"] == "source" and selection["alpha"] == 0.0
+    assert selection["monitor"] == "val_accuracy"  # `auto` on balanced classes
+    assert selection["fine_tuned"] < selection["source"] and selection["gain_over_source"] == 0.0
+    assert selection["gain_over_fine_tuned"] == pytest.approx(selection["source"] - selection["fine_tuned"])
+    assert "Kept the source weights" in result.stdout + result.stderr
+    assert metrics["validation"]["accuracy"] == selection["source"]
+    assert metrics["test"]["confusion_matrix"] == metrics["test_before_training"]["confusion_matrix"]
+    before, after = classifier_weights(strong_source), classifier_weights(tmp_path / "guarded")
+    for name, weights in before.items():
+        for a, b in zip(weights, after[name], strict=True):
+            np.testing.assert_array_equal(a, b)
+    config = OmegaConf.load(tmp_path / "guarded" / "config.yaml")
+    assert config.trainer.best_monitor == config.trainer.early_stopping.monitor == "val_accuracy"
+
+    # Without the guard the best epoch is returned, though it is worse than the source on validation.
+    run(module("finetune", *common, "finetune.guard=false", f"hydra.run.dir={tmp_path}/unguarded"), cwd=tmp_path)
+    unguarded = read_json(tmp_path / "unguarded" / "metrics.json")
+    assert "selection" not in unguarded
+    assert unguarded["validation"]["accuracy"] < selection["source"]
+
+def test_the_source_candidate_survives_a_kill_and_resume(strong_source, harmful_target, tmp_path):
+    from test_resume import kill_after_first_epoch
+
+    command = module("finetune", *TINY_TARGET, f"finetune.source={strong_source}", *harmful_target,
+                     "trainer.early_stopping.patience=null", f"hydra.run.dir={tmp_path}/run")
+    kill_after_first_epoch(command, tmp_path / "run", tmp_path)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    result = run(command, cwd=tmp_path)
+    assert "Resuming from" in result.stdout + result.stderr
+    metrics = read_json(tmp_path / "run" / "metrics.json")
+    assert metrics["selection"]["kept"] == "source"
+    assert metrics["test"]["confusion_matrix"] == metrics["test_before_training"]["confusion_matrix"]
+
+
+def test_the_guard_under_horovod_scores_every_rank_s_shard_and_keeps_the_source(strong_source, harmful_target, tmp_path,
+                                                                                horovod_available):
+    run(module("finetune", *TINY_TARGET, f"finetune.source={strong_source}", *harmful_target,
+               f"hydra.run.dir={tmp_path}/single"), cwd=tmp_path)
+    run(horovodrun() + module("finetune", *TINY_TARGET, f"finetune.source={strong_source}", *harmful_target,
+                              "strategy=horovod", "trainer.batch_size=16", f"hydra.run.dir={tmp_path}/horovod"), cwd=tmp_path)
+    single, horovod = (read_json(tmp_path / name / "metrics.json") for name in ("single", "horovod"))
+    assert horovod["environment"]["world_size"] == 2
+    assert horovod["selection"]["kept"] == "source"
+    # The source is scored on the whole validation split, whatever the sharding: the same value.
+    assert horovod["selection"]["source"] == single["selection"]["source"]
+    assert horovod["test"]["confusion_matrix"] == single["test_before_training"]["confusion_matrix"]
+
+
+def test_wise_ft_interpolates_the_weights_and_ties_go_to_the_source():
+    from sentiment_dist.training.selection import Selection, interpolate
+
+    keras.utils.set_random_seed(0)
+    model = build_classifier(tiny_model(), vocab_size=20, num_classes=2)
+    dist = Distribution(OmegaConf.create({"name": "single"}))
+    trainer = Trainer(dist, model, 2, tiny_trainer(batch_size=8), seed=0)
+    tokens = np.random.default_rng(0).integers(1, 20, size=(16, 10)).astype("int32")
+    labels = (tokens[:, 0] > 10).astype("int32")
+    from sentiment_dist.data.tokens import TokenizedSplit
+
+    validation = TokenizedSplit.from_matrix(tokens, labels)
+    selection = Selection("val_loss", [0.5])
+    source_loss = selection.start(trainer, validation)
+    start = model.get_weights()
+    for _ in range(20):  # fit the validation split itself: the fine-tuned end is better by loss
+        trainer._train_step((tokens, labels, np.ones(16, "float32")))
+    tuned = model.get_weights()
+    summary = selection.choose(trainer, validation)
+    assert [c["alpha"] for c in summary["candidates"]] == [0.0, 0.5, 1.0]
+    assert summary["source"] == source_loss and summary["fine_tuned"] < source_loss
+    assert summary["kept"] in ("fine-tuned", "interpolated") and summary["gain_over_source"] > 0
+    selection.apply(trainer, 0.5)
+    for got, a, b in zip(model.get_weights(), start, tuned, strict=True):
+        np.testing.assert_allclose(got, 0.5 * a + 0.5 * b, rtol=1e-6)
+    np.testing.assert_allclose(interpolate([np.ones(2)], [np.zeros(2)], 0.25)[0], [0.75, 0.75])
+    # Equal on validation: the smaller alpha, the source at worst, is kept.
+    assert Selection("val_accuracy", [0.5]).pick([(0.0, 0.8), (0.5, 0.8), (1.0, 0.8)]) == (0.0, 0.8)
+    assert Selection("val_loss", [0.5]).pick([(0.0, 0.3), (0.5, 0.2), (1.0, 0.2)]) == (0.5, 0.2)
+    with pytest.raises(UserError, match="strictly between 0"):
+        Selection("val_accuracy", [0.0, 0.5])
+
+
+def test_l2_sp_holds_the_weights_near_the_source():
+    dist = Distribution(OmegaConf.create({"name": "single"}))
+    tokens = np.random.default_rng(0).integers(1, 20, size=(8, 10)).astype("int32")
+    batch = (tokens, np.array([0, 1] * 4, "int32"), np.ones(8, "float32"))
+
+    def moved(strength: float) -> float:
+        keras.utils.set_random_seed(0)
+        model = build_classifier(tiny_model(), vocab_size=20, num_classes=2)
+        groups = [ParamGroup(name, variables, anchor=strength) for name, variables in group_variables(model.layers).items()]
+        trainer = Trainer(dist, model, 2, tiny_trainer(batch_size=8, learning_rate=0.05, gradient_clip_norm=None), seed=0,
+                          groups=groups)
+        start = model.get_weights()
+        for _ in range(30):
+            trainer._train_step(batch)
+        return float(sum(np.sum((a - b) ** 2) for a, b in zip(model.get_weights(), start, strict=True)))
+
+    free, held = moved(0.0), moved(50.0)
+    assert held < 0.5 * free, (free, held)
+
+
+def test_auto_monitors_follow_the_headline_metric():
+    from sentiment_dist.training.metrics import headline_metric
+    from sentiment_dist.training.selection import resolve_monitors
+
+    assert headline_metric(np.array([0] * 10 + [1] * 90), 2) == "macro_f1"
+    assert headline_metric(np.array([0] * 45 + [1] * 55), 2) == "accuracy"
+    trainer = tiny_trainer(best_monitor="auto", **{"early_stopping.monitor": "auto"})
+    resolve_monitors(trainer, "macro_f1")
+    assert trainer.best_monitor == trainer.early_stopping.monitor == "val_macro_f1"
+    assert trainer.lr_on_plateau.monitor == "val_loss"  # set explicitly: left alone
+    language_model = tiny_trainer(best_monitor="auto")
+    resolve_monitors(language_model, None)
+    assert language_model.best_monitor == "val_loss"
+
+
+def test_the_report_s_fine_tune_is_guarded_too(strong_source, harmful_target, tmp_path):
+    run(module("transfer_report", "debug=tiny", "trainer.verbose=false", f"finetune.source={strong_source}", *harmful_target,
+               "report.sizes=[64]", "report.schedules=[gradual]", "report.helpers=[]", f"hydra.run.dir={tmp_path}/run"),
+        cwd=tmp_path)
+    report = read_json(tmp_path / "run" / "transfer_report.json")
+    rows = {row["method"]: row for row in report["points"]}
+    kept, unguarded = rows["finetune_gradual"], rows["finetune_gradual:unguarded"]
+    assert kept["alpha"] == 0.0 and unguarded["alpha"] == 1.0
+    assert unguarded["validation"] < kept["validation"]  # the fine-tune hurt, on validation
+    assert kept["accuracy"] == rows["source_as_is"]["accuracy"] and kept["macro_f1"] == rows["source_as_is"]["macro_f1"]
+    (summary,) = [row for row in report["summary"] if row["method"] == "finetune_gradual"]
+    assert summary["kept_source"] == 1.0

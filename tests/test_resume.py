@@ -158,7 +158,7 @@ def test_stopping_lowering_the_rate_and_the_best_epoch_survive_a_resume_through_
     val_losses = [1.0, 0.9, 0.95, 0.97, 0.99, 0.8, 0.7]  # best: epoch 2; no better one for 3 epochs after
     rng = np.random.default_rng(0)
     tokens, labels = rng.integers(1, 20, size=(64, 10)).astype("int32"), rng.integers(0, 2, 64).astype("int32")
-    data = TokenizedSplit(tokens, labels, np.ones(64, "float32"))
+    data = TokenizedSplit.from_matrix(tokens, labels)
 
     def fit(directory, epochs: int):
         keras.utils.set_random_seed(0)

@@ -169,6 +169,36 @@ def test_the_report_says_plainly_when_fine_tuning_loses_and_by_how_much():
     assert won["finetune_wins"] and won["best_finetuned"] == "finetune_gradual" and won["margin"] == pytest.approx(0.03)
 
 
+def test_predictions_round_trip_through_the_points_file():
+    from sentiment_dist.jobs.report import pack_predictions, unpack_predictions
+
+    rng = np.random.default_rng(0)
+    for classes in (2, 5):
+        predicted = rng.integers(0, classes, size=1001)
+        np.testing.assert_array_equal(unpack_predictions(pack_predictions(predicted, classes), 1001, classes), predicted)
+
+
+def test_intervals_resample_seeds_and_test_examples_paired():
+    from sentiment_dist.jobs.report import bootstrap, interval
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=2000)
+    right = np.where(rng.random(2000) < 0.9, labels, 1 - labels)  # about 90% right
+    worse = np.where(rng.random(2000) < 0.05, 1 - right, right)  # the same, 5% of it flipped
+    resampled = bootstrap(labels, [[right, right], [worse]], 2)
+    low, high = interval(resampled[0, :, 0])
+    assert low < accuracy_of(labels, right) < high and high - low < 0.04
+    difference = interval(resampled[0, :, 0] - resampled[1, :, 0])
+    assert 0 < difference[0] < difference[1] < 0.1  # paired: a 4-point gap is clearly above 0
+    same = interval(resampled[0, :, 1] - resampled[0, :, 1])
+    assert same == (0.0, 0.0)
+    assert bootstrap(labels, [[right], []], 2) is None  # points kept before predictions were: no interval
+
+
+def accuracy_of(labels, predicted) -> float:
+    return float((labels == predicted).mean())
+
+
 def test_a_target_class_missing_from_the_labelled_sample_is_one_sentence(tmp_path):
     """Three classes, one of them rare: a stratified sample of 8 cannot hold all three."""
     rows = [f"review {i} {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}" for i in range(400)]
@@ -201,3 +231,21 @@ def test_a_language_model_on_a_union_of_sources_resumes_after_a_kill(tmp_path):
     metrics = read_json(tmp_path / "lm" / "metrics.json")
     assert read_json(tmp_path / "lm" / "history.json")["epoch"] == [1, 2]
     assert set(metrics["data"]["sources"]) == {"movies", "ecommerce"} and metrics["data"]["train"] == 1024
+
+
+def test_the_report_adapts_the_source_encoder_to_the_target_texts_before_fine_tuning(tmp_path):
+    """ULMFiT's stage 2 in the review chain's order: language model -> classifier from it -> the
+    classifier's own encoder trained as a language model on the target's texts -> fine-tuned."""
+    run(module("pretrain", *TINY, "dataset=synthetic_movies", f"hydra.run.dir={tmp_path}/lm"), cwd=tmp_path)
+    run(module("train", *TINY, "model=bilstm", f"init.from={tmp_path}/lm", f"hydra.run.dir={tmp_path}/source"), cwd=tmp_path)
+    report = [*TINY, f"finetune.source={tmp_path}/source", "report.sizes=[64]", "report.schedules=[gradual]",
+              "report.helpers=[lm_adapt]"]
+    refused = run(module("transfer_report", *report, f"hydra.run.dir={tmp_path}/refused"), cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "set init.from=<that pretrain run>" in refused.stderr
+    run(module("transfer_report", *report, f"init.from={tmp_path}/lm", f"hydra.run.dir={tmp_path}/report"), cwd=tmp_path)
+    adapted = read_json(tmp_path / "report" / "lm_source" / "metrics.json")
+    target = load_dataset(composed("transfer_report", *TINY).dataset)
+    assert adapted["init_from"] == str(tmp_path / "lm") and adapted["data"]["train"] == len(target.train)  # its texts only
+    rows = {row["method"]: row for row in read_json(tmp_path / "report" / "transfer_report.json")["points"]}
+    assert {"finetune_gradual", "finetune_gradual+lm_adapt"} <= set(rows)
+    assert rows["finetune_gradual+lm_adapt"]["alpha"] in (0.0, 0.25, 0.5, 0.75, 1.0)

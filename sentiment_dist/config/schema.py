@@ -148,6 +148,9 @@ class ReportHelper(StrEnum):
     augment = "augment"  # finetune/augment on the N examples
     class_weight = "class_weight"  # scikit-learn's balanced class weights
     threshold = "threshold"  # the decision threshold chosen on validation macro-F1 (binary)
+    l2_sp = "l2_sp"  # finetune.l2_sp=report.l2_sp: weights pulled toward the source's
+    tfidf = "tfidf"  # probabilities averaged with source + target TF-IDF's, the weight chosen on validation
+    lm_adapt = "lm_adapt"  # ULMFiT stage 2: the source's encoder first trained as a language model on the target's texts
 
 
 class StrategyName(StrEnum):
@@ -404,6 +407,12 @@ class FinetuneConfig:
     freeze: list[Group] = field(default_factory=list)
     lr_multipliers: GroupRates = field(default_factory=GroupRates)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # The source's weights compete with the fine-tuned ones on validation (trainer.best_monitor), and win ties.
+    guard: bool = True
+    # WiSE-FT: also the interpolations (1 - a) source + a fine-tuned at these a (strictly between 0 and 1).
+    wise_ft_alphas: list[float] = field(default_factory=list)
+    # L2-SP: pull every weight taken from the source toward its source value by l2_sp / 2 * ||w - w_source||^2.
+    l2_sp: float = at_least(0, 0.0)
 
 
 @dataclass
@@ -431,6 +440,10 @@ class ReportConfig:
     # at most this many target validation examples (null: all of them), so a large target stays cheap.
     validation_size: int | None = positive(2000)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(copies=4))
+    l2_sp: float = positive(0.01)  # the l2_sp helper's strength
+    # The interpolations the first schedule's `:wise_ft` row compares (free: the same trained weights),
+    # when finetune.wise_ft_alphas is empty.
+    wise_ft_alphas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
 
 
 @dataclass

@@ -31,6 +31,8 @@ from sentiment_dist.training.callbacks import make_callbacks
 from sentiment_dist.training.loop import Task, Trainer
 from sentiment_dist.training.metrics import best_threshold
 from sentiment_dist.training.optimizers import ParamGroup
+from sentiment_dist.training.selection import Selection
+from sentiment_dist.training.selection import describe as describe_selection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -172,11 +174,14 @@ def fit_and_write(
     environment: dict | None = None,
     extra_metrics: dict | None = None,
     test_before_training: bool = False,
+    selection: Selection | None = None,
 ) -> dict:
     """Train `model` on `task` as `job.cfg.trainer` says, score it, and write the run dir.
 
     `test_before_training` also scores the model as it starts (a transferred
-    classifier as-is), so that a fine-tune reports what it gained."""
+    classifier as-is), so that a fine-tune reports what it gained. With `selection`, the
+    starting weights compete with the trained ones on validation (`metrics.json` `selection`
+    says which won, and by how much)."""
     cfg, dist = job.cfg, job.dist
     trainer = Trainer(dist, model, task, cfg.trainer, cfg.seed, groups)
     environment = {
@@ -196,6 +201,8 @@ def fit_and_write(
             trainer.base_learning_rate, cfg.trainer.lr_scaling,
         )
         tracker.update_config({"environment": environment})
+    if selection is not None:
+        selection.start(trainer, splits.validation)  # before the checkpoint (if any) is restored
     before = output.score(trainer, splits.test) if test_before_training else None
     if before and dist.is_chief:
         log.info("Before training: test accuracy %.4f, macro-F1 %.4f", before["accuracy"], before["macro_f1"])
@@ -212,6 +219,9 @@ def fit_and_write(
         and again if a worker is lost meanwhile; the run dir is written once per process."""
         nonlocal written
         epochs = history.epochs
+        chosen = selection.choose(trainer, splits.validation) if selection is not None else None
+        if chosen and dist.is_chief and not written:
+            log.info(describe_selection(chosen))
         calibration = output.calibrate(trainer, splits.validation, cfg.trainer.get("tune_threshold", False))
         metrics = {
             "test": output.score(trainer, splits.test),
@@ -226,6 +236,8 @@ def fit_and_write(
         }
         if before:
             metrics["test_before_training"] = before
+        if chosen:
+            metrics["selection"] = chosen
         if dist.is_chief and not written:
             run = job.run
             run.write_config(cfg)

@@ -40,7 +40,9 @@ from sentiment_dist.models.language_model import build_language_model, unigram_l
 from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.training.language_modeling import LanguageModelTask
+from sentiment_dist.training.metrics import headline_metric
 from sentiment_dist.training.optimizers import param_groups
+from sentiment_dist.training.selection import Selection, resolve_monitors
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +71,23 @@ def train_classifier(job: Job, tracker: tracking.Tracker) -> dict:
             copied = init_classifier(pretrained, classifier)
             if dist.is_chief:
                 log.info("Initialised %s from the language model in %s.", ", ".join(copied), pretrained.directory)
+    resolve_monitors(cfg.trainer, headline_metric(inputs.splits.train.labels, len(inputs.label_names)))
     return fit_and_write(job, tracker, ClassifierOutput(inputs.label_names, inputs.vectorizer), classifier,
                          len(inputs.label_names), inputs.splits, inputs.vocabulary, extra_metrics={"data": inputs.summary})
 
 
-def pretrain_language_model(job: Job, tracker: tracking.Tracker) -> dict:
+def pretrain_language_model(job: Job, tracker: tracking.Tracker, encoder_from: ClassifierRun | None = None) -> dict:
     """`cfg.model`'s embedding and encoder trained as a language model on `cfg.dataset`'s texts
-    (continued from `init.from`, each group at its `lm.lr_multipliers` rate, when given)."""
+    (continued from `init.from`, each group at its `lm.lr_multipliers` rate, when given; with
+    `encoder_from`, the embedding and encoder start from that classifier's instead, the output
+    layers from `init.from`'s)."""
     cfg, dist = job.cfg, job.dist
     pretrained = _pretrained(job)
+    if encoder_from is not None and (pretrained is None or encoder_from.vocabulary != pretrained.vocabulary):
+        raise UserError(
+            f"the source classifier {encoder_from.directory} can be adapted to the target's texts only with the output "
+            "layers of the language model it was trained from: set init.from=<that pretrain run> (same vocabulary)."
+        )
     request = vocabulary_request(pretrained.vocabulary, cfg.init.vocab, cfg.init.extend_max_tokens) if pretrained else None
     inputs = language_model_inputs(cfg, dist, request)
     vocab_size = len(inputs.vocabulary)
@@ -86,10 +96,14 @@ def pretrain_language_model(job: Job, tracker: tracking.Tracker) -> dict:
         if pretrained:
             copy_layers(language_model_layers(pretrained), [*model.encoder.layers, *model.heads],
                         f"init.from={pretrained.directory}")
-        else:
+        if encoder_from is not None:
+            copy_layers(encoder_from.classifier.layers, model.encoder.layers, f"the source run {encoder_from.directory}",
+                        missing="the source classifier has no layer {name!r}: it is not of the language model's family.")
+        if pretrained is None:  # a new language model's output layers start from the unigram distribution
             for head in model.heads:
                 head.bias.assign(unigram_log_frequencies(inputs.splits.train.id_counts(vocab_size)))
     task = LanguageModelTask(vocab_size, cfg.lm.num_sampled)
+    resolve_monitors(cfg.trainer, None)
     multipliers = cfg.lm.lr_multipliers if pretrained else None  # continued pretraining only
     groups = param_groups(group_variables([*model.encoder.layers, *model.heads]), multipliers) if multipliers else None
     environment = {
@@ -127,11 +141,25 @@ def finetune_classifier(job: Job, source: ClassifierRun, tracker: tracking.Track
     inputs = classifier_inputs(cfg, dist, request, data)
     classifier, groups, schedule = transferred_classifier(cfg.finetune, dist, source, len(inputs.vocabulary),
                                                           inputs.label_names)
-    # With the source's head kept, the untouched model is the baseline the fine-tune must beat.
+    # With the source's head kept, the untouched model is the baseline the fine-tune must beat: on
+    # test it is reported, on validation it competes (finetune.guard, and WiSE-FT's interpolations).
     reused_head = inputs.label_names == source.label_names and cfg.finetune.head != "new"
+    resolve_monitors(cfg.trainer, headline_metric(inputs.splits.train.labels, len(inputs.label_names)))
+    selection = source_selection(cfg, reused_head)
     return fit_and_write(job, tracker, ClassifierOutput(inputs.label_names, inputs.vectorizer), classifier,
                          len(inputs.label_names), inputs.splits, inputs.vocabulary, groups, schedule,
-                         extra_metrics={"data": inputs.summary}, test_before_training=reused_head)
+                         extra_metrics={"data": inputs.summary}, test_before_training=reused_head,
+                         selection=selection)
+
+
+def source_selection(cfg: DictConfig, reused_head: bool) -> Selection | None:
+    """What competes with the fine-tuned weights on validation: the source (`finetune.guard`) and the
+    interpolations toward it (`finetune.wise_ft_alphas`). Only a reused head makes the source a
+    classifier of the target's classes; a new head starts from random weights, nothing to keep."""
+    settings = cfg.finetune
+    if not reused_head or not (settings.guard or settings.wise_ft_alphas):
+        return None
+    return Selection(cfg.trainer.best_monitor, list(settings.wise_ft_alphas), guard=bool(settings.guard))
 
 
 def finetune_from_language_model(job: Job, pretrained: PretrainedRun, tracker: tracking.Tracker,
@@ -150,6 +178,7 @@ def finetune_from_language_model(job: Job, pretrained: PretrainedRun, tracker: t
     inputs = classifier_inputs(cfg, dist, request, data)
     classifier, groups, schedule = pretrained_classifier(cfg.finetune, dist, pretrained, len(inputs.vocabulary),
                                                          inputs.label_names, cfg.model)
+    resolve_monitors(cfg.trainer, headline_metric(inputs.splits.train.labels, len(inputs.label_names)))
     return fit_and_write(job, tracker, ClassifierOutput(inputs.label_names, inputs.vectorizer), classifier,
                          len(inputs.label_names), inputs.splits, inputs.vocabulary, groups, schedule,
                          extra_metrics={"data": inputs.summary})
@@ -244,3 +273,22 @@ def adapted_language_model(job: Job, general: DictConfig, model: DictConfig, gro
     target_job = job.at(job.run.child("lm_target"), language_model_config(cfg, cfg.dataset, general_model, {"from": general_dir}))
     stage(target_job, "pretrain", lambda tracker: pretrain_language_model(target_job, tracker), group)
     return target_job.run.load_language_model()
+
+
+def adapted_source_encoder(job: Job, source: ClassifierRun, group: str | None) -> PretrainedRun:
+    """ULMFiT's stage 2 for a source classifier (`<run dir>/lm_source`, reused when finished): its
+    embedding and encoder trained further as a language model on the target's training texts
+    (`cfg.dataset`, labels unused), under the output layers of the language model it came from
+    (`init.from`), so that they read the target's words before the labels are fitted."""
+    cfg = job.cfg
+    general_dir = init_from(cfg)
+    if general_dir is None:
+        raise UserError("adapting the source classifier's encoder to the target's texts (report.helpers lm_adapt) needs "
+                        "the language model it was trained from: set init.from=<that pretrain run>.")
+    general = RunDir(general_dir).load_language_model()
+    check_compatible(general, source.config.model)
+    general_model = general.config.model
+    adapt_job = job.at(job.run.child("lm_source"),
+                       language_model_config(cfg, cfg.dataset, general_model, {"from": general_dir, "vocab": "source"}))
+    stage(adapt_job, "pretrain", lambda tracker: pretrain_language_model(adapt_job, tracker, encoder_from=source), group)
+    return adapt_job.run.load_language_model()

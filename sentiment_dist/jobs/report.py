@@ -15,27 +15,38 @@ Baselines
 - `scratch`: the source's architecture trained on the N examples alone.
 
 Transfer
-- `finetune_<schedule>`: the source classifier fine-tuned on the N examples;
-- `finetune_<schedule>+augment`, `+class_weight`, `+threshold` (for N up to
-  `report.helpers_max_size`, on the first schedule): the small-N helpers, each
-  alone, so the report shows whether each helps (`+threshold` is the same model
-  with its decision threshold chosen on validation macro-F1);
+- `finetune_<schedule>`: the source classifier fine-tuned on the N examples, and
+  the weights kept as `finetune.*` says (`guard`: the source competes on validation;
+  `wise_ft_alphas`: so do interpolations toward it; `l2_sp`): what `finetune` runs;
+- free (the same trained weights, chosen otherwise on validation), on the first schedule:
+  `:unguarded` (the best epoch alone, as fine-tuning kept before the guard), `:guard`
+  (the source against the best epoch), `:wise_ft` (and the interpolations at
+  `finetune.wise_ft_alphas`, or `report.wise_ft_alphas`) and `+tfidf` (probabilities
+  averaged with source + target TF-IDF's, the weight chosen on validation); on every
+  schedule `+threshold` (the decision threshold chosen on validation macro-F1: on
+  `frozen`, a head-only fit with its threshold corrected);
+- `+augment`, `+class_weight`, `+l2_sp` and `+lm_adapt` (ULMFiT's stage 2: the source's
+  embedding and encoder first trained as a language model on the target's training texts),
+  for N up to `report.helpers_max_size`, on the first schedule: trained helpers, each alone;
 - `lm_finetune_<schedule>` (ULMFiT): from a language model adapted to the target's texts.
 
 Every method sees the same N examples and the same target validation split (at most
-`report.validation_size` examples of it, a seeded sample) for early stopping, C and
-thresholds; the test split is never used to choose.
+`report.validation_size` examples of it, a seeded sample) for early stopping, C,
+thresholds, weights and interpolations; the test split is never used to choose.
 
 The headline metric is macro-F1 when the target's classes are imbalanced (the
 largest class over 1.5x the smallest in its training split), accuracy
-otherwise. Per N the report names the winner and says plainly by how much
-the best fine-tuned method wins or loses against the best baseline. Every
-finished point is appended to `transfer_report_points.jsonl`, so a killed
-report resumes where it stopped.
+otherwise. Each point keeps its test predictions, so every mean comes with a 95%
+interval over both the seeds and the test examples (a bootstrap of both), and so
+does every margin. Per N the report names the winner and says plainly by how much
+the best fine-tuned method, and the default one, win or lose against the best
+baseline and the source as-is. Every finished point is appended to
+`transfer_report_points.jsonl`, so a killed report resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -53,22 +64,38 @@ from sentiment_dist.data.tokenizer import build_vocabulary, make_vectorizer
 from sentiment_dist.data.tokens import tokenize_split
 from sentiment_dist.jobs.plots import figure
 from sentiment_dist.jobs.rundir import ClassifierRun, PretrainedRun, RunDir
-from sentiment_dist.jobs.transfer import pretrained_classifier, transferred_classifier, vocabulary_for
-from sentiment_dist.models.classifier import build_classifier
+from sentiment_dist.jobs.transfer import (
+    copy_layers,
+    language_model_layers,
+    pretrained_classifier,
+    transferred_classifier,
+    vocabulary_for,
+)
+from sentiment_dist.models.classifier import build_classifier, layer_group
 from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.runtime.io import atomic_write
 from sentiment_dist.training.callbacks import make_callbacks
-from sentiment_dist.training.classification import Evaluator
+from sentiment_dist.training.classification import THRESHOLD_BINS, predict_probabilities
 from sentiment_dist.training.loop import Trainer
-from sentiment_dist.training.metrics import accuracy, best_threshold, confusion_matrix, macro_f1
+from sentiment_dist.training.metrics import (
+    accuracy,
+    best_threshold,
+    confusion_matrix,
+    headline_metric,
+    macro_f1,
+    predictions,
+    scores_at,
+)
+from sentiment_dist.training.selection import Selection, resolve_monitors
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("source_as_is", "source_tfidf", "source_plus_target_tfidf", "target_tfidf", "scratch")
-HELPERS = ("augment", "class_weight", "threshold")
+HELPERS = ("augment", "class_weight", "threshold", "l2_sp", "tfidf", "lm_adapt")
 C_GRID = (0.3, 1.0, 3.0, 10.0)  # logistic regression's inverse regularisation, chosen on validation
-IMBALANCE = 1.5  # largest class over smallest, in the target's training split, past which macro-F1 leads
+ENSEMBLE_WEIGHTS = np.round(np.arange(0.0, 1.01, 0.1), 2)  # TF-IDF's share of the averaged probabilities
+BOOTSTRAP = 1000  # resamples of the seeds and the test examples behind each 95% interval
 
 
 def sample_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -102,6 +129,64 @@ def scores(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> dict[
     return {"accuracy": accuracy(confusion), "macro_f1": macro_f1(confusion)}
 
 
+# -- test predictions, kept with each point for the intervals --------------------------------
+
+
+def pack_predictions(predicted: np.ndarray, num_classes: int) -> str:
+    """Predicted classes as text for the points file: one bit each for two classes, a byte otherwise."""
+    raw = np.packbits(predicted.astype(bool)) if num_classes == 2 else predicted.astype(np.uint8)
+    return base64.b64encode(raw.tobytes()).decode("ascii")
+
+
+def unpack_predictions(text: str, count: int, num_classes: int) -> np.ndarray:
+    raw = np.frombuffer(base64.b64decode(text), np.uint8)
+    return (np.unpackbits(raw)[:count] if num_classes == 2 else raw[:count]).astype(np.int64)
+
+
+def scored(labels: np.ndarray, probabilities: np.ndarray, num_classes: int, threshold: float = 0.5) -> dict:
+    """A point's result: its test accuracy and macro-F1, and its predictions (for the intervals)."""
+    predicted = predictions(probabilities, num_classes, threshold)
+    return {**scores(labels, predicted, num_classes), "predicted": pack_predictions(predicted, num_classes)}
+
+
+def _resampled_metrics(labels: np.ndarray, predicted: np.ndarray, rows: np.ndarray, num_classes: int) -> np.ndarray:
+    """[accuracy, macro-F1] of `predicted` on each resample of test rows (`rows`: [resamples, n])."""
+    cells = labels[rows] * num_classes + predicted[rows]
+    counts = np.stack([np.bincount(r, minlength=num_classes * num_classes) for r in cells]).reshape(
+        len(rows), num_classes, num_classes)
+    true_positive = np.diagonal(counts, axis1=1, axis2=2).astype(float)
+    predicted_count, actual = counts.sum(axis=1), counts.sum(axis=2)
+    precision = np.divide(true_positive, predicted_count, out=np.zeros_like(true_positive), where=predicted_count > 0)
+    recall = np.divide(true_positive, actual, out=np.zeros_like(true_positive), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(true_positive), where=precision + recall > 0)
+    return np.stack([true_positive.sum(axis=1) / rows.shape[1], f1.mean(axis=1)], axis=1)
+
+
+def bootstrap(labels: np.ndarray, runs: list[list[np.ndarray]], num_classes: int, seed: int = 0) -> np.ndarray | None:
+    """Resampled means of [accuracy, macro-F1] for each of `runs` (each a list of one method's
+    predictions over its repeats), the test examples and the repeats resampled together, the same
+    resample for every run so that differences are paired. `[runs, resamples, 2]`; None when a
+    run has no predictions (points from before they were kept)."""
+    if not runs or any(not predicted for predicted in runs):
+        return None
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(labels), size=(BOOTSTRAP, len(labels)))
+    repeats = max(len(predicted) for predicted in runs)
+    picks = rng.integers(0, repeats, size=(BOOTSTRAP, repeats))
+    out = np.zeros((len(runs), BOOTSTRAP, 2))
+    for index, predicted in enumerate(runs):
+        per_repeat = np.stack([_resampled_metrics(labels, p, rows, num_classes) for p in predicted])  # [repeats, B, 2]
+        # A method with fewer repeats (a baseline that needs no seed) is the same in every resample.
+        chosen = picks % len(predicted)
+        out[index] = per_repeat[chosen, np.arange(BOOTSTRAP)[:, None]].mean(axis=1)
+    return out
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
 class TfidfModels:
     """TF-IDF (1-2 grams, sublinear tf) + logistic regression, C (and a target weight) chosen on
     validation macro-F1. Matrices are computed once per vectorizer and reused for every fit."""
@@ -129,6 +214,29 @@ class TfidfModels:
                     best = (score, model)
         return best[1]
 
+    def probabilities(self, model, features) -> np.ndarray:
+        """In the classifiers' layout: `[n, 1]` P(positive) for two classes, `[n, K]` otherwise."""
+        full = np.zeros((features.shape[0], self.num_classes), np.float32)
+        full[:, model.classes_] = model.predict_proba(features)
+        return full[:, 1:] if self.num_classes == 2 else full
+
+
+def binned_scores(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """`[true class, bin of P(positive)]` counts, as the evaluator histograms them for `best_threshold`."""
+    bins = np.clip((probabilities.reshape(-1) * THRESHOLD_BINS).astype(int), 0, THRESHOLD_BINS - 1)
+    counts = np.zeros((2, THRESHOLD_BINS), np.int64)
+    np.add.at(counts, (labels, bins), 1)
+    return counts
+
+
+@dataclasses.dataclass
+class Held:
+    """A split as the transferred classifiers read it, with its texts and labels."""
+
+    texts: np.ndarray
+    labels: np.ndarray
+    tokens: object  # TokenizedSplit
+
 
 class Report:
     """One training per (method, N, repeat), all on the same samples."""
@@ -140,9 +248,9 @@ class Report:
         self.cfg, self.dist, self.source, self.data, self.run_dir = cfg, dist, source, data, run
         self.num_classes = len(data.label_names)
         self.same_labels = data.label_names == source.label_names
-        counts = np.bincount(data.train.labels, minlength=self.num_classes)
-        self.imbalanced = counts.max() > IMBALANCE * max(counts.min(), 1)
-        self.headline = "macro_f1" if self.imbalanced else "accuracy"
+        self.reused_head = self.same_labels if cfg.finetune.head == "auto" else cfg.finetune.head == "reuse"
+        self.headline = headline_metric(data.train.labels, self.num_classes)
+        self.imbalanced = self.headline == "macro_f1"
         vocabulary = vocabulary_for(source.vocabulary, cfg.finetune.vocab, cfg.finetune.extend_max_tokens, dist,
                                     lambda: data.train.texts)
         self.vectorizer = make_vectorizer(source.config.model.sequence_length, vocabulary)
@@ -150,11 +258,13 @@ class Report:
         self.validation = tokenize_split(self.vectorizer, data.validation.texts, data.validation.labels)
         self.test = tokenize_split(self.vectorizer, data.test.texts, data.test.labels)
         self.lm: PretrainedRun | None = None
+        self.adapted: PretrainedRun | None = None
         self.skipped: dict[str, str] = {}
         self.points_path = run.file(RunDir.REPORT_POINTS)
         self.rows = self._finished_points()
         self._neighbours = None
         self._tfidf = None
+        self._start = None  # the transferred model before training: validation and test probabilities
 
     # -- bookkeeping --------------------------------------------------------
     def _finished_points(self) -> list[dict]:
@@ -175,14 +285,20 @@ class Report:
     def done(self, method: str, size: int, repeat: int) -> bool:
         return any(row["method"] == method and row["n"] == size and row["repeat"] == repeat for row in self.rows)
 
-    def add(self, method: str, size: int, repeat: int, result: dict[str, float]) -> None:
+    def all_done(self, methods: list[str], size: int, repeat: int) -> bool:
+        return all(self.done(method, size, repeat) for method in methods)
+
+    def add(self, method: str, size: int, repeat: int, result: dict) -> None:
+        if self.done(method, size, repeat):  # one training gives several rows; a resumed one only adds the missing
+            return
         row = {"method": method, "n": size, "repeat": repeat, **result}
         self.rows.append(row)
         os.makedirs(os.path.dirname(self.points_path), exist_ok=True)
         with open(self.points_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
-        log.info("%-34s N=%-6d repeat %d: accuracy %.4f  macro-F1 %.4f", method, size, repeat,
-                 result["accuracy"], result["macro_f1"])
+        extra = "".join(f"  {key} {row[key]:g}" for key in ("alpha", "threshold", "tfidf_weight") if key in row)
+        log.info("%-38s N=%-6d repeat %d: accuracy %.4f  macro-F1 %.4f%s", method, size, repeat,
+                 result["accuracy"], result["macro_f1"], extra)
 
     def skip(self, method: str, reason: str) -> None:
         if method not in self.skipped:
@@ -202,24 +318,34 @@ class Report:
             tokenize_split(self.lm_vectorizer, self.data.test.texts, self.data.test.labels),
         )
 
+    def use_adapted_encoder(self, adapted: PretrainedRun) -> None:
+        """The source's embedding and encoder adapted to the target's texts (the lm_adapt helper)."""
+        self.adapted = adapted
+
     def _trainer_cfg(self, size: int, epochs: int, **changes) -> DictConfig:
         trainer = OmegaConf.merge(self.cfg.trainer, {"epochs": epochs, "verbose": False, "resume": False, **changes})
         trainer.batch_size = min(trainer.batch_size, max(4, size // 4))  # a few steps per epoch even at N=50
+        resolve_monitors(trainer, self.headline)  # `auto`: the report's headline, for every method alike
         return trainer
 
-    def _fit_and_score(self, classifier, train, trainer_cfg, groups=None, schedule=None, held_out=None) -> dict:
-        """Train, then test at 0.5 and (binary) at the threshold chosen on validation macro-F1."""
-        validation, test = held_out or (self.validation, self.test)
+    def _fit(self, classifier, train, trainer_cfg, groups=None, schedule=None, held_out=None,
+             selection: Selection | None = None, start_weights=None) -> Trainer:
+        """Train (the model ends with its best epoch's weights); with `selection`, the starting weights
+        (or `start_weights`) are scored on validation first."""
+        validation = (held_out or (self.validation, self.test))[0]
         trainer = Trainer(self.dist, classifier, self.num_classes, trainer_cfg, self.cfg.seed, groups)
+        if selection is not None:
+            selection.start(trainer, validation, start_weights)
         callbacks = make_callbacks(trainer_cfg, trainer_cfg.learning_rate, trainer.base_learning_rate, 1, self.dist)
         trainer.fit(train, validation, trainer_cfg.epochs, callbacks, verbose=False, schedule=schedule)
-        result = trainer.evaluate(test)
-        scored = {"accuracy": result.accuracy, "macro_f1": macro_f1(result.confusion)}
-        if self.num_classes == 2:
-            threshold, _ = best_threshold(trainer.evaluate(validation).scores)
-            tuned = trainer.evaluate(test, threshold)
-            scored["tuned"] = {"accuracy": tuned.accuracy, "macro_f1": macro_f1(tuned.confusion), "threshold": threshold}
-        return scored
+        return trainer
+
+    def _scored_model(self, model, held_out=None) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Test result (at 0.5) of the weights in `model`, and its validation and test probabilities."""
+        validation, test = held_out or (self.validation, self.test)
+        probabilities = predict_probabilities(model, test)
+        return (scored(self.data.test.labels, probabilities, self.num_classes), predict_probabilities(model, validation),
+                probabilities)
 
     def source_baselines(self) -> None:
         """The source classifier and the source TF-IDF on the target test set: no target label used."""
@@ -231,19 +357,19 @@ class Report:
         sizes = self.sizes()
         if not all(self.done("source_as_is", size, 0) for size in sizes):
             test = tokenize_split(self.source.vectorizer, self.data.test.texts, self.data.test.labels)
-            result = Evaluator(self.dist, self.source.classifier, self.num_classes, 256).evaluate(test, self.source.threshold)
+            result = scored(self.data.test.labels, predict_probabilities(self.source.classifier, test), self.num_classes,
+                            self.source.threshold)
             for size in sizes:
-                if not self.done("source_as_is", size, 0):
-                    self.add("source_as_is", size, 0, {"accuracy": result.accuracy, "macro_f1": macro_f1(result.confusion)})
+                self.add("source_as_is", size, 0, result)
         if not all(self.done("source_tfidf", size, 0) for size in sizes):
             source = self.source_texts()
             models = TfidfModels(source.train.texts, self.num_classes)
             model = models.best(models.features(source.train.texts), source.train.labels,
                                 models.features(source.validation.texts), source.validation.labels)
-            result = scores(self.data.test.labels, model.predict(models.features(self.data.test.texts)), self.num_classes)
+            result = scored(self.data.test.labels, models.probabilities(model, models.features(self.data.test.texts)),
+                            self.num_classes)
             for size in sizes:
-                if not self.done("source_tfidf", size, 0):
-                    self.add("source_tfidf", size, 0, result)
+                self.add("source_tfidf", size, 0, result)
 
     def source_texts(self) -> LabeledData:
         """The source run's training data, as its config.yaml describes it."""
@@ -253,7 +379,8 @@ class Report:
                             f"its model {self.source.label_names}; point finetune.source at a run of this dataset.")
         return data
 
-    def _source_plus_target(self, texts: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    def _source_plus_target(self, texts: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Source + target TF-IDF's validation and test probabilities."""
         if self._tfidf is None:  # fit once: source texts plus the target's (unlabelled) training texts
             source = self.source_texts()
             models = TfidfModels(np.concatenate([source.train.texts, self.data.train.texts]), self.num_classes)
@@ -268,13 +395,14 @@ class Report:
         grid = [(name, np.concatenate([np.ones(len(source_labels)), np.full(len(labels), weight)]))
                 for name, weight in (("1x", 1.0), ("sqrt", np.sqrt(ratio)), ("balanced", ratio))]
         model = models.best(features, both, validation, self.data.validation.labels, grid)
-        return scores(self.data.test.labels, model.predict(test), self.num_classes)
+        return models.probabilities(model, validation), models.probabilities(model, test)
 
-    def _target_tfidf(self, texts: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    def _target_tfidf(self, texts: np.ndarray, labels: np.ndarray) -> dict:
         models = TfidfModels(texts, self.num_classes)
         model = models.best(models.features(texts), labels, models.features(self.data.validation.texts),
                             self.data.validation.labels)
-        return scores(self.data.test.labels, model.predict(models.features(self.data.test.texts)), self.num_classes)
+        return scored(self.data.test.labels, models.probabilities(model, models.features(self.data.test.texts)),
+                      self.num_classes)
 
     def point(self, size: int, repeat: int) -> None:
         settings = self.cfg.report
@@ -283,31 +411,57 @@ class Report:
         texts, labels = self.data.train.texts[rows], self.data.train.labels[rows]
         if not self.done("target_tfidf", size, repeat):
             self.add("target_tfidf", size, repeat, self._target_tfidf(texts, labels))
+        tfidf = None  # source + target TF-IDF's probabilities, for its row and the +tfidf helper
+
+        def tfidf_probabilities():
+            nonlocal tfidf
+            if tfidf is None:
+                tfidf = self._source_plus_target(texts, labels)
+            return tfidf
+
         if self.same_labels and not self.done("source_plus_target_tfidf", size, repeat):
-            self.add("source_plus_target_tfidf", size, repeat, self._source_plus_target(texts, labels))
+            self.add("source_plus_target_tfidf", size, repeat, scored(self.data.test.labels, tfidf_probabilities()[1],
+                                                                       self.num_classes))
         if not self.done("scratch", size, repeat):
             keras.utils.set_random_seed(seed)
             self.add("scratch", size, repeat, self._scratch(texts, labels, size))
         train = tokenize_split(self.vectorizer, texts, labels)
         for index, schedule in enumerate(settings.schedules):
             method = f"finetune_{schedule}"
-            helpers = [h for h in settings.helpers if index == 0 and size <= settings.helpers_max_size]
-            if not self.done(method, size, repeat) or ("threshold" in helpers and not self.done(method + "+threshold", size, repeat)):
-                result = self._finetune(schedule, train, size, seed)
-                self.add(method, size, repeat, {k: v for k, v in result.items() if k != "tuned"})
-                if "threshold" in helpers and "tuned" in result:
-                    tuned = result["tuned"]
-                    self.add(method + "+threshold", size, repeat, {k: tuned[k] for k in ("accuracy", "macro_f1")}
-                             | {"threshold": tuned["threshold"]})
-            if "class_weight" in helpers and not self.done(method + "+class_weight", size, repeat):
-                weights = class_weights(labels, self.num_classes, "balanced")
-                weighted = tokenize_split(self.vectorizer, texts, labels, weights[labels])
-                result = self._finetune(schedule, weighted, size, seed)
-                self.add(method + "+class_weight", size, repeat, {k: v for k, v in result.items() if k != "tuned"})
-            if "augment" in helpers and not self.done(method + "+augment", size, repeat):
-                more_texts, more_labels = augment(texts, labels, settings.augment, self.neighbours())
-                result = self._finetune(schedule, tokenize_split(self.vectorizer, more_texts, more_labels), size, seed)
-                self.add(method + "+augment", size, repeat, {k: v for k, v in result.items() if k != "tuned"})
+            first = index == 0
+            helpers = list(settings.helpers) if first else []
+            # Free helpers (the same weights, chosen on validation): the threshold on every schedule (on
+            # `frozen` it is the head-only fit with its decision threshold corrected), TF-IDF on the first.
+            free = [h for h in settings.helpers if h == "threshold" or (first and h == "tfidf")]
+            if free and "tfidf" in free and not self.same_labels:
+                self.skip(method + "+tfidf", "no source + target TF-IDF: the source classes differ from the target's")
+                free.remove("tfidf")
+            if free and "threshold" in free and self.num_classes != 2:
+                self.skip(method + "+threshold", "a decision threshold needs two classes")
+                free.remove("threshold")
+            names = self._transfer_rows(method, first, free)
+            if not self.all_done(names, size, repeat):
+                keras.utils.set_random_seed(seed)
+                for name, result in self._finetune(method, schedule, train, size, first, free,
+                                                   tfidf_probabilities if "tfidf" in free else None).items():
+                    self.add(name, size, repeat, result)
+            if size > settings.helpers_max_size:
+                continue
+            trained = {
+                "class_weight": lambda: {"train": tokenize_split(self.vectorizer, texts, labels,
+                                                                 class_weights(labels, self.num_classes, "balanced")[labels])},
+                "augment": lambda: {"train": tokenize_split(self.vectorizer, *augment(texts, labels, settings.augment,
+                                                                                      self.neighbours()))},
+                "l2_sp": lambda: {"train": train, "changes": {"l2_sp": float(settings.l2_sp)}},
+                "lm_adapt": lambda: {"train": train, "encoder": self.adapted},
+            }
+            for helper in [h for h in helpers if h in trained]:
+                if not self.done(f"{method}+{helper}", size, repeat):
+                    keras.utils.set_random_seed(seed)
+                    variant = trained[helper]()
+                    results = self._finetune(f"{method}+{helper}", schedule, variant["train"], size, False, [], None,
+                                             variant.get("changes"), variant.get("encoder"))
+                    self.add(f"{method}+{helper}", size, repeat, results[f"{method}+{helper}"])
         if self.lm is None:
             return
         train = tokenize_split(self.lm_vectorizer, texts, labels)
@@ -318,16 +472,93 @@ class Report:
             finetune = OmegaConf.merge(self.cfg.finetune, {"schedule": schedule})
             classifier, groups, plan = pretrained_classifier(finetune, self.dist, self.lm, len(self.lm.vocabulary),
                                                              self.data.label_names)
-            result = self._fit_and_score(classifier, train, self._trainer_cfg(size, settings.finetune_epochs), groups,
-                                         plan, held_out=self.lm_sets)
-            self.add(f"lm_finetune_{schedule}", size, repeat, {k: v for k, v in result.items() if k != "tuned"})
+            trainer = self._fit(classifier, train, self._trainer_cfg(size, settings.finetune_epochs), groups, plan,
+                                held_out=self.lm_sets)
+            self.add(f"lm_finetune_{schedule}", size, repeat, self._scored_model(trainer.model, self.lm_sets)[0])
 
-    def _finetune(self, schedule: str, train, size: int, seed: int) -> dict:
-        keras.utils.set_random_seed(seed)
-        finetune = OmegaConf.merge(self.cfg.finetune, {"schedule": schedule})
+    def _transfer_rows(self, method: str, first: bool, free: list[str]) -> list[str]:
+        """The rows one fine-tune gives: the configured selection and, on the first schedule, the others."""
+        names = [method]
+        if first and self.reused_head:
+            names += [f"{method}:unguarded", f"{method}:guard", f"{method}:wise_ft"]
+        return names + [f"{method}+{helper}" for helper in free]
+
+    def _alphas(self) -> list[float]:
+        return list(self.cfg.finetune.wise_ft_alphas or self.cfg.report.wise_ft_alphas)
+
+    def _finetune(self, method: str, schedule: str, train, size: int, first: bool, free: list[str],
+                  tfidf_probabilities=None, changes: dict | None = None,
+                  encoder: PretrainedRun | None = None) -> dict[str, dict]:
+        """One fine-tune from the source (with `encoder`'s embedding and encoder in place of the
+        source's: the source still competes as it is) and every row it gives (`_transfer_rows`)."""
+        finetune = OmegaConf.merge(self.cfg.finetune, {"schedule": schedule, **(changes or {})})
         classifier, groups, plan = transferred_classifier(finetune, self.dist, self.source, self.vocab_size,
                                                           self.data.label_names)
-        return self._fit_and_score(classifier, train, self._trainer_cfg(size, self.cfg.report.finetune_epochs), groups, plan)
+        start_weights = None
+        if encoder is not None:
+            start_weights = classifier.get_weights()
+            copy_layers(language_model_layers(encoder), [layer for layer in classifier.layers
+                                                         if layer.weights and layer_group(layer) != "head"],
+                        f"the adapted encoder in {encoder.directory}")
+            if len(encoder.vocabulary) != self.vocab_size:
+                raise UserError("the lm_adapt helper needs finetune.vocab=source (the adapted encoder reads the source's vocabulary).")
+        trainer_cfg = self._trainer_cfg(size, self.cfg.report.finetune_epochs)
+        # Every interpolation any row may keep is scored on validation once: the rows differ only in
+        # which candidates they may choose from.
+        selection = Selection(trainer_cfg.best_monitor, self._alphas() if first else list(finetune.wise_ft_alphas)) \
+            if self.reused_head else None
+        trainer = self._fit(classifier, train, trainer_cfg, groups, plan, selection=selection, start_weights=start_weights)
+        if selection is None:
+            result, validation, test = self._scored_model(trainer.model)
+            return {method: result, **self._free_rows(method, free, validation, test, tfidf_probabilities)}
+        candidates = selection.candidates(trainer, self.validation)
+        configured = set(finetune.wise_ft_alphas) | {1.0} | ({0.0} if finetune.guard else set())
+        picks = {method: selection.pick([c for c in candidates if c[0] in configured])}
+        if first:
+            picks.update({f"{method}:unguarded": selection.pick([c for c in candidates if c[0] == 1.0]),
+                          f"{method}:guard": selection.pick([c for c in candidates if c[0] in (0.0, 1.0)]),
+                          f"{method}:wise_ft": selection.pick(candidates)})
+        by_alpha: dict[float, tuple[dict, np.ndarray, np.ndarray]] = {}
+        for alpha in sorted({alpha for alpha, _ in picks.values()}):
+            if alpha == 0.0:
+                by_alpha[alpha] = self._start_scores(selection, trainer)
+            else:
+                selection.apply(trainer, alpha)
+                by_alpha[alpha] = self._scored_model(trainer.model)
+        rows = {name: {**by_alpha[alpha][0], "alpha": alpha, "validation": value} for name, (alpha, value) in picks.items()}
+        _, validation, test = by_alpha[picks[method][0]]
+        rows.update(self._free_rows(method, free, validation, test, tfidf_probabilities, picks[method][0]))
+        return rows
+
+    def _start_scores(self, selection: Selection, trainer: Trainer) -> tuple[dict, np.ndarray, np.ndarray]:
+        """The transferred model before training, scored once: the same for every point."""
+        if self._start is None:
+            selection.apply(trainer, 0.0)
+            self._start = self._scored_model(trainer.model)
+        return self._start
+
+    def _free_rows(self, method: str, free: list[str], validation: np.ndarray, test: np.ndarray,
+                   tfidf_probabilities, alpha: float | None = None) -> dict[str, dict]:
+        """`+threshold` and `+tfidf`: the kept weights' probabilities, chosen on validation."""
+        rows = {}
+        labels = self.data.validation.labels
+        if "threshold" in free:
+            threshold, _ = best_threshold(binned_scores(labels, validation))
+            rows[f"{method}+threshold"] = {**scored(self.data.test.labels, test, 2, threshold), "threshold": threshold}
+        if "tfidf" in free:
+            tfidf_validation, tfidf_test = tfidf_probabilities()
+            best = None
+            for weight in ENSEMBLE_WEIGHTS:  # ties go to the smaller TF-IDF share
+                value = scores_at(labels, (1 - weight) * validation + weight * tfidf_validation, self.num_classes)[self.headline]
+                if best is None or value > best[1]:
+                    best = (float(weight), value)
+            weight = best[0]
+            rows[f"{method}+tfidf"] = {**scored(self.data.test.labels, (1 - weight) * test + weight * tfidf_test,
+                                                self.num_classes), "tfidf_weight": weight}
+        if alpha is not None:
+            for row in rows.values():
+                row["alpha"] = alpha
+        return rows
 
     def _scratch(self, texts: np.ndarray, labels: np.ndarray, size: int) -> dict:
         """The source's architecture from random weights and its own vocabulary from the N texts,
@@ -338,9 +569,9 @@ class Report:
                     tokenize_split(vectorizer, self.data.test.texts, self.data.test.labels))
         with self.dist.scope():
             scratch = build_classifier(model_cfg, vectorizer.vocabulary_size(), self.num_classes)
-        result = self._fit_and_score(scratch, tokenize_split(vectorizer, texts, labels),
-                                     self._trainer_cfg(size, self.cfg.report.scratch_epochs), held_out=held_out)
-        return {k: v for k, v in result.items() if k != "tuned"}
+        trainer = self._fit(scratch, tokenize_split(vectorizer, texts, labels),
+                            self._trainer_cfg(size, self.cfg.report.scratch_epochs), held_out=held_out)
+        return self._scored_model(trainer.model, held_out)[0]
 
     def neighbours(self) -> dict[str, list[str]]:
         if self._neighbours is None:
@@ -359,22 +590,45 @@ class Report:
                 self.point(size, repeat)
         return self.summary()
 
+    def _predictions(self, method: str, size: int) -> list[np.ndarray]:
+        points = sorted((row for row in self.rows if row["method"] == method and row["n"] == size),
+                        key=lambda row: row["repeat"])
+        if not all("predicted" in row for row in points):
+            return []
+        return [unpack_predictions(row["predicted"], len(self.data.test.labels), self.num_classes) for row in points]
+
     def summary(self) -> list[dict]:
-        """Mean and spread of each (method, N) over the repeats."""
+        """Mean, spread and 95% interval (seeds and test examples resampled) of each (method, N)."""
         keys = sorted({(row["method"], row["n"]) for row in self.rows}, key=lambda key: (key[1], key[0]))
         table = []
         for method, size in keys:
             points = [row for row in self.rows if row["method"] == method and row["n"] == size]
             entry = {"method": method, "n": size, "repeats": len(points), "baseline": method in BASELINES}
-            for metric in ("accuracy", "macro_f1"):
+            resampled = bootstrap(self.data.test.labels, [self._predictions(method, size)], self.num_classes)
+            for index, metric in enumerate(("accuracy", "macro_f1")):
                 values = np.array([row[metric] for row in points])
                 entry[metric], entry[f"{metric}_std"] = float(values.mean()), float(values.std())
+                low, high = interval(resampled[0, :, index]) if resampled is not None else (None, None)
+                entry[f"{metric}_low"], entry[f"{metric}_high"] = low, high
+            if points and "alpha" in points[0]:
+                entry["kept_source"] = float(np.mean([row["alpha"] == 0.0 for row in points]))
             table.append(entry)
         return table
 
+    def _margin(self, method: str, other: str, size: int) -> tuple[float | None, float | None]:
+        """95% interval of `method`'s headline minus `other`'s at `size` (paired resamples)."""
+        resampled = bootstrap(self.data.test.labels, [self._predictions(method, size), self._predictions(other, size)],
+                              self.num_classes)
+        if resampled is None:
+            return None, None
+        index = ("accuracy", "macro_f1").index(self.headline)
+        return interval(resampled[0, :, index] - resampled[1, :, index])
+
     def verdicts(self, summary: list[dict]) -> list[dict]:
-        """Per N: the winner, and the best fine-tuned method against the best baseline, by the headline metric."""
+        """Per N: the winner, and the best fine-tuned method against the best baseline, by the headline metric;
+        the default fine-tune (the first schedule, as `finetune.*` says) against the best baseline and the source."""
         verdicts = []
+        default = f"finetune_{self.cfg.report.schedules[0]}" if getattr(self, "cfg", None) else None
         for size in sorted({row["n"] for row in summary}):
             at = [row for row in summary if row["n"] == size]
             winner = max(at, key=lambda row: row[self.headline])
@@ -394,23 +648,50 @@ class Report:
                 f"{self.headline} {best_transfer[self.headline]:.4f}, {-margin:.4f} below {best_baseline['method']}'s "
                 f"{best_baseline[self.headline]:.4f}"
             )
-            verdicts.append({"n": size, "headline": self.headline, "winner": winner["method"],
-                             "best_finetuned": best_transfer["method"], "best_baseline": best_baseline["method"],
-                             "margin": margin, "finetune_wins": wins, "sentence": sentence})
+            verdict = {"n": size, "headline": self.headline, "winner": winner["method"],
+                       "best_finetuned": best_transfer["method"], "best_baseline": best_baseline["method"],
+                       "margin": margin, "finetune_wins": wins, "sentence": sentence}
+            mine = next((row for row in transfers if row["method"] == default), None)
+            if mine is not None:
+                verdict.update(self._default_verdict(mine, best_baseline, at, size))
+            verdicts.append(verdict)
         return verdicts
+
+    def _default_verdict(self, mine: dict, best_baseline: dict, at: list[dict], size: int) -> dict:
+        metric = self.headline
+        out = {"default": mine["method"], "default_margin": mine[metric] - best_baseline[metric]}
+        out["default_margin_low"], out["default_margin_high"] = self._margin(mine["method"], best_baseline["method"], size)
+        source = next((row for row in at if row["method"] == "source_as_is"), None)
+        words = (f"{mine['method']} (the default) {metric} {mine[metric]:.4f}: {out['default_margin']:+.4f} against "
+                 f"{best_baseline['method']}")
+        if out["default_margin_low"] is not None:
+            words += f" (95% interval {out['default_margin_low']:+.4f} to {out['default_margin_high']:+.4f})"
+        if source is not None:
+            out["default_vs_source"] = mine[metric] - source[metric]
+            out["default_vs_source_low"], out["default_vs_source_high"] = self._margin(mine["method"], "source_as_is", size)
+        if source is not None and source is not best_baseline:
+            words += f", {out['default_vs_source']:+.4f} against the source as-is"
+            if out["default_vs_source_low"] is not None:
+                words += f" ({out['default_vs_source_low']:+.4f} to {out['default_vs_source_high']:+.4f})"
+        out["default_sentence"] = f"N={size}: " + words
+        return out
 
     def write(self, run: RunDir) -> dict:
         """`transfer_report.json` (every point, the summary, the verdicts), the plot, and the table in the log."""
         summary = self.summary()
         verdicts = self.verdicts(summary)
         title = f"{self.source.config.dataset.name} -> {self.cfg.dataset.name}"
+        points = [{key: value for key, value in row.items() if key != "predicted"} for row in self.rows]
         report = {"source": os.path.abspath(self.source.directory), "target": self.cfg.dataset.name,
-                  "headline": self.headline, "imbalanced": bool(self.imbalanced), "summary": summary,
-                  "verdicts": verdicts, "skipped": self.skipped, "points": self.rows}
+                  "headline": self.headline, "imbalanced": bool(self.imbalanced), "test_examples": len(self.data.test),
+                  "validation_examples": len(self.data.validation), "summary": summary, "verdicts": verdicts,
+                  "skipped": self.skipped, "points": points}
         run.write_json(RunDir.REPORT, report)
         plot(summary, run.file(RunDir.REPORT_PLOT), title, self.headline)
         log.info("Transfer report %s (%s; mean over repeats):\n%s\n%s", title, self.headline,
-                 format_table(summary, self.headline), "\n".join(v["sentence"] for v in verdicts))
+                 format_table(summary, self.headline),
+                 "\n".join(v["sentence"] + ("\n" + v["default_sentence"] if "default_sentence" in v else "")
+                           for v in verdicts))
         return report
 
 

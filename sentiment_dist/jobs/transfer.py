@@ -107,6 +107,14 @@ def discriminative_groups(settings: DictConfig, classifier: keras.Model) -> tupl
     return groups, schedule
 
 
+def anchor(groups: list[ParamGroup], settings: DictConfig, transferred: set[str]) -> None:
+    """L2-SP (`finetune.l2_sp`): the groups whose weights came from the source are pulled toward
+    them; a new head, which has no source value, is not."""
+    for group in groups:
+        if group.name in transferred:
+            group.anchor = float(settings.get("l2_sp") or 0.0)
+
+
 def transferred_classifier(
     settings: DictConfig, dist: Distribution, source: ClassifierRun, vocab_size: int, label_names: list[str]
 ) -> tuple[keras.Model, list[ParamGroup], Callable[[int], set[str]]]:
@@ -127,6 +135,7 @@ def transferred_classifier(
             missing="the source model has no layer {name!r}: it is a different model family; fine-tune from a run of the same model.",
         )
     groups, schedule = discriminative_groups(settings, classifier)
+    anchor(groups, settings, {"embedding", "encoder"} | ({"head"} if reuse_head else set()))
     if dist.is_chief:
         log.info(
             "Fine-tuning %s from %s: %d-token vocabulary, %s head, schedule %s, frozen %s, lr multipliers %s",
@@ -160,6 +169,7 @@ def pretrained_classifier(
         classifier = build_classifier(model, vocab_size, len(label_names))
         copied = init_classifier(pretrained, classifier)
     groups, schedule = discriminative_groups(settings, classifier)
+    anchor(groups, settings, {"embedding", "encoder"})
     if dist.is_chief:
         log.info(
             "Fine-tuning a %s classifier from the language model in %s (%s): %d-token vocabulary, schedule %s, "

@@ -131,6 +131,10 @@ def make_callbacks(
     """The callbacks `trainer.*` asks for; resume state goes to `checkpoint_dir` (`resume`: continue
     from what it holds, else start over) and the best epoch's weights to `best_weights_path`
     (None: not written)."""
+    unresolved = [key for key, monitor in (("best_monitor", cfg.best_monitor), ("early_stopping.monitor", cfg.early_stopping.monitor),
+                                           ("lr_on_plateau.monitor", cfg.lr_on_plateau.monitor)) if monitor == "auto"]
+    if unresolved:  # the job resolves `auto` from its data (training.selection.resolve_monitors)
+        raise RuntimeError(f"trainer.{unresolved[0]}=auto was not resolved to a metric before training")
     callbacks: list[keras.callbacks.Callback] = []
     if cfg.warmup_epochs and effective_rate != base_rate:
         callbacks.append(LearningRateWarmup(base_rate, effective_rate, int(cfg.warmup_epochs * steps)))

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sentiment_dist.data.pipeline import evaluation_batches
+from sentiment_dist.data.pipeline import evaluation_batches, longest_first
 from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.models.classifier import per_example_loss, predicted_class
 from sentiment_dist.runtime.distribute import Distribution
@@ -105,10 +105,22 @@ class ClassificationTask:
         return Evaluator(dist, model, self.num_classes, global_batch, by_length)
 
     def epoch_logs(self, totals, result, seconds):
-        return {
-            "loss": totals[0] / totals[2],
-            "accuracy": totals[1] / totals[2],
-            "val_loss": result.loss,
-            "val_accuracy": result.accuracy,
-            "val_macro_f1": macro_f1(result.confusion),
-        }
+        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2], **self.validation_logs(result)}
+
+    def validation_logs(self, result):
+        return {"val_loss": result.loss, "val_accuracy": result.accuracy, "val_macro_f1": macro_f1(result.confusion)}
+
+
+def predict_probabilities(model: keras.Model, split: TokenizedSplit, batch_size: int = 256) -> np.ndarray:
+    """Every example's probabilities (`[n, 1]` P(positive) for two classes), in the split's order.
+
+    In one process (the transfer report's): it scores in batches of similar lengths cut to their
+    longest row, as the evaluator does, and puts the rows back in order."""
+    score = tf.function(lambda tokens: model(tokens, training=False), reduce_retracing=True)
+    order = longest_first(split.row_lengths)
+    probabilities = np.empty((len(split), model.output_shape[-1]), np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]  # its first row is its longest
+        longest = max(int(split.row_lengths[rows[0]]), 1)
+        probabilities[rows] = score(split.rows(rows, longest)).numpy()
+    return probabilities

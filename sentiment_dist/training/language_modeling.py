@@ -70,13 +70,14 @@ class LanguageModelTask:
         return LanguageModelEvaluator(dist, model, global_batch, by_length)
 
     def epoch_logs(self, totals, result, seconds):
-        logs = {
+        return {
             "loss": totals[0] / max(totals[2], 1),  # sampled-softmax loss when num_sampled is set
             "tokens_per_second": totals[2] / len(result.directions) / seconds,
-            "val_loss": result.loss,
-            "val_perplexity": result.perplexity,
-            "val_accuracy": result.accuracy,
+            **self.validation_logs(result),
         }
+
+    def validation_logs(self, result):
+        logs = {"val_loss": result.loss, "val_perplexity": result.perplexity, "val_accuracy": result.accuracy}
         if len(result.directions) > 1:
             logs.update({f"val_perplexity_{d}": p for d, p in result.perplexity_by_direction.items()})
         return logs

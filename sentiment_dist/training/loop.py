@@ -71,6 +71,9 @@ class Task(Protocol):
     def epoch_logs(self, totals: np.ndarray, result: Any, seconds: float) -> dict[str, float]:
         """Training and validation metrics of one epoch (`val_loss` among them)."""
 
+    def validation_logs(self, result: Any) -> dict[str, float]:
+        """The `val_*` part of `epoch_logs`, from a held-out evaluation alone."""
+
 
 def process_age() -> float:
     """Seconds since this process started (Linux: from /proc; elsewhere, since this module loaded)."""
@@ -125,12 +128,32 @@ class Trainer:
         self.model.optimizer = self.optimizer  # what Keras callbacks adjust
         self.model.stop_training = False
         dist.broadcast_variables(self.model.variables + self.optimizer.variables)
+        self.anchors = self._anchors()
         self._train_step_fn = None
         self.guard = preemption.Guard(self)  # fit() puts the strategy's own in place while it trains
         self.by_length = bool(cfg.batch_by_length)
         self.seconds_to_first_step: float | None = None  # process start to the first step's start: start-up
         self.evaluator = self.task.evaluator(dist, model, self.global_batch, self.by_length)
         self.fitting = False  # inside `fit`: under elastic Horovod, inside its elastic section
+
+    def _anchors(self) -> dict[str, tuple[tf.Variable, float]]:
+        """L2-SP (Li et al., ICML 2018): each variable of a group with `anchor` > 0 is pulled toward
+        its value now, when training starts (a fine-tune: the source's), by a penalty of
+        anchor / 2 * ||w - w_start||^2, so a small target cannot drag the encoder far from what the
+        source learned. Taken after the broadcast, so every rank anchors to the same values; on
+        resume the trainer is built from the source again before the checkpoint is restored."""
+        anchors = {}
+        with self.dist.scope():
+            for group in self.groups:
+                for variable in group.variables if group.anchor else []:
+                    start = tf.Variable(keras.ops.convert_to_numpy(variable), trainable=False, name="l2_sp_anchor")
+                    anchors[variable.path] = (start, float(group.anchor))
+        return anchors
+
+    def _anchor_penalty(self, variables: list):
+        terms = [0.5 * strength * tf.reduce_sum(tf.square(tf.convert_to_tensor(v) - start))
+                 for v in variables if v.path in self.anchors for start, strength in [self.anchors[v.path]]]
+        return tf.add_n(terms) if terms else None
 
     def resize(self, global_batch: int) -> float:
         """The number of workers changed (elastic Horovod): train on `global_batch`, rescale the
@@ -161,6 +184,9 @@ class Trainer:
             loss, stats = self.task.replica_loss(self.model, batch, self.global_batch, self.dist)
             if self.model.losses:  # L2: counted once after summing over replicas
                 loss += tf.add_n(self.model.losses) / self.dist.num_replicas
+            penalty = self._anchor_penalty(variables) if self.anchors else None
+            if penalty is not None:  # L2-SP, likewise once over the replicas
+                loss += penalty / self.dist.num_replicas
             first = active[0].optimizer
             scaled = first.scale_loss(loss) if hasattr(first, "scale_loss") else loss
         gradients = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
@@ -214,6 +240,10 @@ class Trainer:
             alone = Distribution(OmegaConf.create({"name": "single"}))
             return self.task.evaluator(alone, self.model, self.global_batch, self.by_length).evaluate(split, *options)
         return self.evaluator.evaluate(split, *options)
+
+    def validation_logs(self, split: TokenizedSplit) -> dict[str, float]:
+        """The `val_*` logs an epoch would give for the weights in the model now (sharded over every replica)."""
+        return self.task.validation_logs(self.evaluate(split))
 
     def callbacks_around(self, callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
         """`callbacks` in the order the loop drives them at each epoch's end.

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# Largest class over smallest, in a training split, past which macro-F1 and not accuracy is the
+# metric a user reads: at 89-97% positive, accuracy (and the loss) reward the majority class.
+IMBALANCE = 1.5
+
 
 def per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
     """Precision, recall, F1 and support per class from a `[true, predicted]` confusion matrix."""
@@ -65,3 +69,22 @@ def best_threshold(scores: np.ndarray) -> tuple[float, float]:
         candidates.append((macro_f1(confusion), -abs(cut / bins - 0.5), cut / bins))
     score, _, threshold = max(candidates)
     return float(threshold), float(score)
+
+
+def headline_metric(labels: np.ndarray, num_classes: int) -> str:
+    """`macro_f1` when the classes of `labels` (a training split) are imbalanced, else `accuracy`."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
+    return "macro_f1" if counts.max() > IMBALANCE * max(counts.min(), 1) else "accuracy"
+
+
+def scores_at(labels: np.ndarray, probabilities: np.ndarray, num_classes: int, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy and macro-F1 of per-example probabilities (`[n, 1]` P(positive) for two classes,
+    `[n, K]` otherwise), a binary classifier saying positive when P >= `threshold`."""
+    confusion = confusion_matrix(labels, predictions(probabilities, num_classes, threshold), num_classes)
+    return {"accuracy": accuracy(confusion), "macro_f1": macro_f1(confusion)}
+
+
+def predictions(probabilities: np.ndarray, num_classes: int, threshold: float = 0.5) -> np.ndarray:
+    if num_classes == 2:
+        return (np.asarray(probabilities).reshape(-1) >= threshold).astype(np.int64)
+    return np.asarray(probabilities).argmax(axis=1).astype(np.int64)

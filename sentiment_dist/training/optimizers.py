@@ -31,13 +31,15 @@ OPTIMIZERS = {
 
 @dataclass
 class ParamGroup:
-    """Variables trained together at `multiplier` times the base learning rate."""
+    """Variables trained together at `multiplier` times the base learning rate; with `anchor` > 0,
+    pulled back toward the values they start from (L2-SP, see `Trainer`)."""
 
     name: str
     variables: list
     multiplier: float = 1.0
     optimizer: keras.optimizers.Optimizer | None = None
     trainable: bool = True
+    anchor: float = 0.0
 
 
 def param_groups(variables: dict[str, list], multipliers: DictConfig | dict | None) -> list[ParamGroup]:
