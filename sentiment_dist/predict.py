@@ -3,62 +3,106 @@
 MODEL is a run directory (its `model.keras`), an exported SavedModel
 directory, or an exported `.tflite` file (see `sentiment-export`). Texts come
 from the arguments, from `--file`, or from stdin (one per line).
+
+A `--file` is read, scored and written a chunk of lines at a time, so a file of
+millions of reviews takes bounded memory. Launched under `horovodrun` or as
+MultiWorker workers (TF_CONFIG), each process scores every world-size-th chunk
+and the chief writes one output, in input order.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import sys
+from collections.abc import Iterator
 
 from sentiment_dist.runtime.errors import UserError, exit_on_user_error
 
-
-def read_texts(args: argparse.Namespace) -> list[str]:
-    if args.texts:
-        return list(args.texts)
-    if args.file:
-        return read_text_file(args.file, args.encoding)
-    return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+LINES_PER_CHUNK = 8192  # what one process scores at a time: memory stays bounded, batches stay full
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
 
 
-def read_text_file(path: str, encoding: str) -> list[str]:
-    """The non-empty lines of `path`. Bytes that are not `encoding`, or NUL bytes (which no text
-    file holds, and which latin-1 would decode), are refused: labels for them would be noise."""
-    if not os.path.isfile(path):
-        raise UserError(f"--file {path} does not exist; pass a text file with one review per line.")
+def file_chunks(path: str, encoding: str, lines_per_chunk: int = LINES_PER_CHUNK,
+                block_bytes: int = 1 << 22) -> Iterator[list[str]]:
+    """The non-empty lines of `path`, `lines_per_chunk` at a time, read `block_bytes` at a time.
+    Bytes that are not `encoding`, or NUL bytes (which no text file holds, and which latin-1
+    would decode), are refused with their offset: labels for them would be noise."""
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    read_bytes = decoded_chars = 0
+    partial, lines = "", []
     with open(path, "rb") as handle:
-        data = handle.read()
+        while True:
+            block = handle.read(block_bytes)
+            read_bytes += len(block)
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:  # err.object: the bytes the decoder held, then `block`
+                offset = read_bytes - len(err.object) + err.start
+                raise UserError(f"--file {path} is not {encoding} text (byte 0x{err.object[err.start]:02x} at offset "
+                                f"{offset}); pass a text file, with --encoding set to its encoding (e.g. latin-1).") from None
+            if "\x00" in text:
+                raise UserError(f"--file {path} holds NUL bytes at offset {decoded_chars + text.index(chr(0))}: it is not "
+                                "a text file; pass a text file with one review per line.")
+            decoded_chars += len(text)
+            pieces = (partial + text).splitlines(keepends=True)
+            # The last piece may go on in the next block (a "\r" there, then "\n", only adds an empty line).
+            partial = pieces.pop() if block and pieces and pieces[-1][-1] not in LINE_BREAKS else ""
+            lines.extend(line for piece in pieces if (line := piece.rstrip(LINE_BREAKS)).strip())
+            while len(lines) >= lines_per_chunk:
+                yield lines[:lines_per_chunk]
+                del lines[:lines_per_chunk]
+            if not block:
+                break
+    if lines:
+        yield lines
+
+
+def input_chunks(args: argparse.Namespace) -> Iterator[list[str]]:
+    if args.texts:
+        return iter([list(args.texts)])
+    if args.file:
+        return file_chunks(args.file, args.encoding, args.chunk_lines)
+    return iter([[line.rstrip("\n") for line in sys.stdin if line.strip()]])
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """What can be told before TensorFlow starts: a missing --file, an unknown encoding, a bad --out."""
     try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as err:
-        raise UserError(f"--file {path} is not {encoding} text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-                        "pass a text file, with --encoding set to its encoding (e.g. latin-1).") from None
+        codecs.lookup(args.encoding)
     except LookupError:
-        raise UserError(f"--encoding {encoding} is not a known encoding; use e.g. utf-8 or latin-1.") from None
-    if "\x00" in text:
-        raise UserError(f"--file {path} holds NUL bytes at offset {text.index(chr(0))}: it is not a text file; "
-                        "pass a text file with one review per line.")
-    return [line for line in text.splitlines() if line.strip()]
+        raise UserError(f"--encoding {args.encoding} is not a known encoding; use e.g. utf-8 or latin-1.") from None
+    if args.file and not os.path.isfile(args.file):
+        raise UserError(f"--file {args.file} does not exist; pass a text file with one review per line.")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UserError(f"--out {args.out}: its directory does not exist; create it or pass --out a file in an "
+                        "existing directory.")
+    for name in ("batch_size", "chunk_lines"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1.")
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    from sentiment_dist.jobs.serving import label_rows, load_predictor
-
     parser = argparse.ArgumentParser(prog="sentiment-predict", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a run directory, an exported saved_model/ directory, or a .tflite file")
     parser.add_argument("texts", nargs="*", help="texts to classify (default: --file or stdin)")
     parser.add_argument("--file", help="a text file, one text per line")
     parser.add_argument("--encoding", default="utf-8", help="the --file's encoding (default: utf-8)")
+    parser.add_argument("--out", help="write the labels to this file (written whole or not at all) instead of stdout")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--chunk-lines", type=int, default=LINES_PER_CHUNK,
+                        help=f"lines of --file each process scores at a time (default: {LINES_PER_CHUNK}); memory grows with it")
+    parser.add_argument("--strategy", choices=["auto", "single", "horovod", "multiworker"], default="auto",
+                        help="auto: horovod under horovodrun, multiworker with TF_CONFIG, else single")
     args = parser.parse_args(argv)
-    texts = read_texts(args)
-    if not texts:
+    check_arguments(args)
+    from sentiment_dist.jobs.serving import predict_stream
+
+    count = predict_stream(args.model, input_chunks(args), args.out, args.batch_size, args.strategy)
+    if count == 0:
         raise UserError("no text to classify; pass texts as arguments, --file, or lines on stdin.")
-    predict, label_names, threshold = load_predictor(args.model, args.batch_size)
-    for text, (label, probability) in zip(texts, label_rows(predict(texts), label_names, threshold), strict=True):
-        print(f"{label}\t{probability:.4f}\t{text}")
 
 
 if __name__ == "__main__":

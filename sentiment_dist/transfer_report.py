@@ -19,17 +19,24 @@ from sentiment_dist.runtime.errors import UserError
 @hydra_task("transfer_report")
 def main(cfg: DictConfig) -> list[dict]:
     from sentiment_dist.data import load_dataset
+    from sentiment_dist.data.inputs import labeled_texts
     from sentiment_dist.jobs import tracking
     from sentiment_dist.jobs.job import start, tracked
     from sentiment_dist.jobs.recipes import adapted_language_model, adapted_source_encoder, source_classifier
     from sentiment_dist.jobs.report import Report, check_samples
+    from sentiment_dist.jobs.transfer import vocabulary_request
 
     if cfg.strategy.name != "single":
         raise UserError("the transfer report runs in one process; use strategy=single (fine-tune itself runs under any strategy).")
     job = start(cfg)
-    data = load_dataset(cfg.dataset)
-    check_samples(cfg, data)  # before the source (and language models) train
+    data = None if cfg.dataset.get("prepared") else load_dataset(cfg.dataset)
+    if data is not None:
+        check_samples(cfg, data)  # before the source (and language models) train
     source = source_classifier(job, cfg.logger.get("group"))
+    if data is None:  # a prepared store, read as the fine-tune reads it: with the source's vocabulary
+        data = labeled_texts(cfg, job.dist, vocabulary_request(source.vocabulary, cfg.finetune.vocab,
+                                                               cfg.finetune.extend_max_tokens))
+        check_samples(cfg, data)
     report = Report(cfg, job.dist, source, data, job.run)
     group = cfg.logger.get("group") or tracking.source_group(source.directory)
     if cfg.report.lm_schedules:  # the general LM reads the source run's own corpus, with its architecture

@@ -214,10 +214,11 @@ def test_transfer_report_compares_every_method_at_every_size_and_resumes(source_
 
 
 def test_a_transfer_report_stopped_by_sigterm_keeps_its_points_and_resumes_them(source_run, tmp_path):
-    """A preempted report (SIGTERM between points) keeps its run dir: the points are its checkpoint."""
+    """A preempted report (SIGTERM between points) keeps its run dir: the points are its checkpoint.
+    Its target is read from a prepared store (made by the first run, reused by the second)."""
     command = module("transfer_report", "debug=tiny", "trainer.verbose=false", f"finetune.source={source_run}",
-                     "report.sizes=[64]", "report.schedules=[gradual]", "report.helpers=[]",
-                     f"hydra.run.dir={tmp_path}/run")
+                     "report.sizes=[64]", "report.schedules=[gradual]", "report.helpers=[]", "dataset.prepared=auto",
+                     f"paths.prepared_dir={tmp_path}/prepared", f"hydra.run.dir={tmp_path}/run")
     points_file = tmp_path / "run" / "transfer_report_points.jsonl"
     with open(tmp_path / "first.log", "w") as log:
         report = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
@@ -235,6 +236,8 @@ def test_a_transfer_report_stopped_by_sigterm_keeps_its_points_and_resumes_them(
     assert [row["method"] for row in rows[:len(finished)]] == finished  # kept, not run again
     assert {row["method"] for row in read_json(tmp_path / "run" / "transfer_report.json")["summary"]} >= {
         "source_as_is", "scratch", "finetune_gradual"}
+    (store,) = (tmp_path / "prepared").glob("*/manifest.json")  # one store, made once
+    assert read_json(store)["splits"]["train"]["examples"] > 64
 
 
 def test_multi_optimizer_cannot_freeze_a_group():

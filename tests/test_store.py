@@ -151,6 +151,21 @@ def test_a_fine_tune_target_is_tokenized_against_the_extended_source_vocabulary(
         classifier_inputs(composed_with_store(cfg, store_path), SINGLE, VocabularyRequest(base=tuple(source), extend=10))
 
 
+def test_the_transfer_reports_texts_come_from_the_store_as_read_from_the_file(tmp_path):
+    """The report's baselines need raw texts: a store gives back the texts and labels the file gives."""
+    from sentiment_dist.data.inputs import labeled_texts
+
+    path = write_reviews(tmp_path / "target.csv.gz")
+    cfg = train_cfg("dataset=csv", f"dataset.path={path}")
+    request = VocabularyRequest(base=("", "[UNK]", "good", "bad"), extend=20)
+    store_path, _ = prepared(cfg, tmp_path, request=request)
+    memory, store = labeled_texts(cfg, SINGLE, request), labeled_texts(composed_with_store(cfg, store_path), SINGLE, request)
+    assert memory.label_names == store.label_names and memory.stats == store.stats
+    for role in ("train", "validation", "test"):
+        np.testing.assert_array_equal(getattr(memory, role).texts, getattr(store, role).texts)
+        np.testing.assert_array_equal(getattr(memory, role).labels, getattr(store, role).labels)
+
+
 def test_a_language_model_reads_the_same_windows_from_a_store(tmp_path):
     cfg = composed("pretrain", "dataset=synthetic_movies", "dataset.max_rows=200", "model.vocab_size=200",
                    "model.sequence_length=7", "lm.eval_texts=30")

@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig
 from sklearn.utils.class_weight import compute_class_weight
 
-from sentiment_dist.data import LabeledData, load_dataset, resolve_dataset
+from sentiment_dist.data import LabeledData, Split, load_dataset, resolve_dataset
 from sentiment_dist.data.pipeline import held_out_sample
 from sentiment_dist.data.store import SPLITS, PreparedStore, prepare
 from sentiment_dist.data.tokenizer import VocabularyRequest, make_vectorizer
@@ -92,6 +92,20 @@ def prepared_store(cfg: DictConfig, dist: Distribution, request: VocabularyReque
                                      "filesystem every node mounts, or copy it to that path on each node")
     dist.shared(lambda: store.verify(store.training_files()))  # one reader checks the bytes; errors reach every rank
     return store
+
+
+def labeled_texts(cfg: DictConfig, dist: Distribution, request: VocabularyRequest,
+                  dataset: DictConfig | None = None) -> LabeledData:
+    """A dataset's texts and labels (`dataset`, default `cfg.dataset`): from its prepared store when
+    `dataset.prepared` is set (checked against the config like any store, no source file re-read),
+    else read from its files. For what needs raw texts: the transfer report's baselines and samples."""
+    dataset = dataset if dataset is not None else cfg.dataset
+    if not dataset.get("prepared"):
+        return load_dataset(dataset)
+    store = prepared_store(cfg, dist, request, dataset=dataset)
+    splits = {role: Split(store.texts(role), np.asarray(store.split(role, 1).labels)) for role in SPLITS}
+    return LabeledData(**splits, label_names=store.label_names, stats=dict(store.manifest["stats"]),
+                       sources=dict(store.manifest["sources"]))
 
 
 def classifier_inputs(cfg: DictConfig, dist: Distribution, request: VocabularyRequest | None = None,

@@ -56,11 +56,11 @@ import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from sentiment_dist.data import LabeledData, Split, load_dataset
+from sentiment_dist.data import LabeledData, Split
 from sentiment_dist.data.augment import augment, embedding_neighbours
 from sentiment_dist.data.files import stratified_split
-from sentiment_dist.data.inputs import class_weights
-from sentiment_dist.data.tokenizer import build_vocabulary, make_vectorizer
+from sentiment_dist.data.inputs import class_weights, labeled_texts
+from sentiment_dist.data.tokenizer import VocabularyRequest, build_vocabulary, make_vectorizer
 from sentiment_dist.data.tokens import tokenize_split
 from sentiment_dist.jobs.plots import figure
 from sentiment_dist.jobs.rundir import ClassifierRun, PretrainedRun, RunDir
@@ -373,7 +373,8 @@ class Report:
 
     def source_texts(self) -> LabeledData:
         """The source run's training data, as its config.yaml describes it."""
-        data = load_dataset(self.source.config.dataset)
+        data = labeled_texts(self.cfg, self.dist, VocabularyRequest(base=tuple(self.source.vocabulary)),
+                             self.source.config.dataset)
         if data.label_names != self.source.label_names:
             raise UserError(f"the source run {self.source.directory}'s dataset now has classes {data.label_names}, "
                             f"its model {self.source.label_names}; point finetune.source at a run of this dataset.")

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
+
+import numpy as np
 
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.runtime.io import disk_error, first_missing
@@ -77,18 +81,125 @@ def export_run(run_dir: str, out: str, tflite: bool) -> dict[str, str]:
     return written
 
 
-def label_rows(probabilities, label_names: list[str], threshold: float = 0.5) -> list[tuple[str, float]]:
-    """(label, probability of that label) per row; binary models output P(class 1), positive
-    from the run's decision threshold."""
-    rows = []
-    for row in probabilities:
-        if len(label_names) == 2:
-            positive = float(row[0])
-            rows.append((label_names[1], positive) if positive >= threshold else (label_names[0], 1.0 - positive))
+def labeled(probabilities, label_names: list[str], threshold: float = 0.5) -> tuple[list[str], np.ndarray]:
+    """Each row's label and the probability of that label; binary models output P(class 1),
+    positive from the run's decision threshold."""
+    probabilities = np.asarray(probabilities)
+    if len(label_names) == 2:
+        positive = probabilities[:, 0]
+        chosen = (positive >= threshold).astype(int)
+        return [label_names[c] for c in chosen], np.where(chosen == 1, positive, 1.0 - positive)
+    best = probabilities.argmax(axis=1)
+    return [label_names[b] for b in best], probabilities[np.arange(len(best)), best]
+
+
+def predict_stream(model: str, chunks: Iterable[list[str]], out: str | None, batch_size: int, strategy: str) -> int:
+    """Label every text of `chunks` with `model` and write `label<TAB>probability<TAB>text` lines
+    to `out` (whole or not at all) or stdout, as they are scored; return how many.
+
+    Several processes (horovodrun, MultiWorker): each scores every world-size-th chunk, every
+    process reads every chunk (so all meet a bad line at the same place and stop together), and
+    the chief gathers each round's scores and writes them in input order."""
+    from omegaconf import OmegaConf
+
+    from sentiment_dist.runtime.distribute import make_distribution
+
+    dist = make_distribution(OmegaConf.create({"name": _strategy(strategy)}))
+    problem = None
+    try:
+        predict, label_names, threshold = load_predictor(model, batch_size)
+    except UserError as err:
+        problem = str(err)
+    dist.require_everywhere(problem, f"the model {model} could not be loaded on every process")
+    outputs = 1 if len(label_names) == 2 else len(label_names)
+    count = 0
+    with _Output(out if dist.is_chief else os.devnull) as write:
+        for round_chunks in _rounds(chunks, dist.world_size):
+            mine = round_chunks[dist.rank] if dist.rank < len(round_chunks) else []
+            scores = predict(mine) if mine else np.zeros((0, outputs), np.float32)
+            if dist.world_size > 1:
+                longest = max(len(chunk) for chunk in round_chunks)
+                padded = np.zeros((longest, outputs), np.float32)
+                padded[: len(scores)] = scores
+                gathered = dist.gather(padded)
+            else:
+                gathered = [scores]
+            for chunk, chunk_scores in zip(round_chunks, gathered, strict=False):
+                if dist.is_chief:
+                    labels, probabilities = labeled(chunk_scores[: len(chunk)], label_names, threshold)
+                    write("".join(f"{label}\t{probability:.4f}\t{text}\n"
+                                  for label, probability, text in zip(labels, probabilities, chunk, strict=True)))
+                count += len(chunk)
+        if count == 0:
+            raise UserError("no text to classify; pass texts as arguments, --file, or lines on stdin.")
+    return count
+
+
+def _strategy(name: str) -> str:
+    """`auto`: what the launcher says, as `make_distribution` knows it."""
+    if name != "auto":
+        return name
+    if any(os.environ.get(variable) for variable in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")):
+        return "horovod"
+    return "multiworker" if os.environ.get("TF_CONFIG") else "single"
+
+
+def _rounds(chunks: Iterable[list[str]], size: int) -> Iterator[list[list[str]]]:
+    """`size` chunks at a time (the last round may hold fewer)."""
+    batch = []
+    for chunk in chunks:
+        batch.append(chunk)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Output:
+    """stdout, or a file written under a temporary name beside it and renamed when complete: an
+    error (a bad line, a full disk) leaves no output that looks finished."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def __enter__(self):
+        if self.path is None or self.path == os.devnull:
+            self.handle = sys.stdout if self.path is None else open(os.devnull, "w")
+            self.temp = None
         else:
-            best = int(row.argmax())
-            rows.append((label_names[best], float(row[best])))
-    return rows
+            try:
+                fd, self.temp = tempfile.mkstemp(prefix=".predict-", dir=os.path.dirname(os.path.abspath(self.path)))
+            except OSError as err:
+                raise UserError(f"cannot write --out {self.path} ({err.strerror or err}); pass --out a file in a "
+                                "directory you can write to.") from None
+            self.handle = os.fdopen(fd, "w", encoding="utf-8")
+
+        def write(text: str) -> None:
+            self.handle.write(text)
+            self.handle.flush()
+
+        return write
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self.temp is None:
+            if self.handle is not sys.stdout:
+                self.handle.close()
+            return
+        try:
+            self.handle.close()  # flushes: a full disk may show here
+            if error is None:
+                os.chmod(self.temp, 0o644)
+                os.replace(self.temp, self.path)
+                return
+        except OSError as err:
+            error = err
+        os.remove(self.temp)
+        if disk_error(error):
+            raise UserError(f"cannot write --out {self.path} ({disk_error(error)}); free space on that disk or pass "
+                            "--out another file.") from None
+        if kind is None:
+            raise error
 
 
 def _read_labels(directory: str) -> tuple[list[str], float]:

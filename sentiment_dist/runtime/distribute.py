@@ -164,6 +164,13 @@ class Distribution:
         if ranks:
             raise UserError(f"{elsewhere} (rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} failed).")
 
+    def gather(self, array: np.ndarray) -> np.ndarray:
+        """Every process's `array` (one shape everywhere), stacked by rank: `[world_size, ...]`,
+        on every process."""
+        slots = np.zeros((self.world_size, *array.shape), array.dtype)
+        slots[self.rank] = array
+        return self._sum_over_processes(slots)
+
     def _sum_over_processes(self, array: np.ndarray) -> np.ndarray:
         """Sum of `array` over processes (each process's first replica contributes its own)."""
         if self.world_size == 1:
