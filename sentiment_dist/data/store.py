@@ -173,9 +173,9 @@ class StoreWriter:
         self.text_bytes.append(np.diff(offsets))
         self.rows += len(texts)
         if self.pool is None:
-            self._write(words(texts))
+            self._write(words(array))
             return
-        self.pending.append(self.pool.submit(words, texts))
+        self.pending.append(self.pool.submit(words, array))  # Arrow: sent as buffers, not as a million str objects
         while len(self.pending) > 2 * self.workers or (self.pending and self.pending[0].done()):
             self._write(self.pending.popleft().result())
 
