@@ -109,3 +109,26 @@ def session_run(tmp_path_factory, name: str, command: list[str]) -> Path:
             out.mkdir()
             run([*command, f"hydra.run.dir={out / 'run'}"], cwd=out)
     return out / "run"
+
+
+
+# Tests that start several TensorFlow processes (a launcher and its ranks) or a chain of jobs, the
+# longest kinds first: in a --durations run the 40 slowest tests all matched one of these. Collected
+# first, they are the first that xdist hands out, so the long ones run side by side from the start
+# and the short ones fill in around them, instead of a long job starting late and ending the suite
+# alone. Modules that train nothing are left where they are.
+LONG_RUNNING = ("elastic", "worker_lost", "transfer_report", "report", "sigterm", "sigkill", "horovod", "multiworker",
+                "mirrored", "preempt", "resume", "chain", "submitit", "sweep", "trial", "export", "wandb", "recorded",
+                "mixture", "store", "main_job", "predict", "finetune", "guard")
+TRAINS_NOTHING = {"test_configs.py", "test_launchers.py", "test_models.py", "test_pipeline.py", "test_synthetic.py",
+                  "test_data_text.py", "test_data_files.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module, _, name = item.nodeid.partition("::")
+        if module.rsplit("/", 1)[-1] in TRAINS_NOTHING:
+            return len(LONG_RUNNING)
+        return next((n for n, word in enumerate(LONG_RUNNING) if word in name.lower()), len(LONG_RUNNING))
+
+    items.sort(key=rank)  # stable: in each rank, as collected

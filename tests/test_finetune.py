@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cli_env, horovodrun, module, read_json, run, tiny_model, tiny_trainer
+from conftest import cli_env, horovodrun, module, read_json, run, session_run, tiny_model, tiny_trainer
 from omegaconf import OmegaConf
 
 from sentiment_dist.data.tokenizer import count_words, extend_vocabulary, make_vectorizer
@@ -91,9 +91,7 @@ def test_discriminative_rates_change_the_adam_step_per_group():
 
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("source")
-    run(module("train", *TINY_SOURCE, f"hydra.run.dir={out}/run"), cwd=out)
-    return out / "run"
+    return session_run(tmp_path_factory, "finetune_source", module("train", *TINY_SOURCE))  # one per session, not per xdist worker
 
 
 def classifier_weights(run_dir):
@@ -288,9 +286,7 @@ def test_multi_optimizer_cannot_freeze_a_group():
 @pytest.fixture(scope="module")
 def strong_source(tmp_path_factory):
     """A source good enough on its own domain (about 0.9) that a fine-tune can make it worse."""
-    out = tmp_path_factory.mktemp("strong_source")
-    run(module("train", *TINY_SOURCE, "dataset.max_rows=2048", f"hydra.run.dir={out}/run"), cwd=out)
-    return out / "run"
+    return session_run(tmp_path_factory, "strong_source", module("train", *TINY_SOURCE, "dataset.max_rows=2048"))
 
 
 @pytest.fixture(scope="module")

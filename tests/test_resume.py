@@ -3,11 +3,14 @@ with a clear message."""
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY, module, read_json, run, session_run, tiny_model, tiny_trainer
+from conftest import TINY, module, quiet, read_json, run, session_run, tiny_model, tiny_trainer
 from omegaconf import OmegaConf
 from test_equivalence import assert_same_last_state, assert_same_weights
 from test_preemption import ENV, LAUNCH, LONG, check_history, held_at
@@ -25,6 +28,16 @@ SINGLE = Distribution(OmegaConf.create({"name": "single"}))
 
 def model_cfg():
     return tiny_model(name="lstm")
+
+
+def kill_after_first_epoch(command: list[str], run_dir: Path, cwd: Path) -> None:
+    """Run `command` (one process) and SIGKILL it right after the first step of epoch 2: epoch 1's
+    checkpoint is written, nothing after it is. The fault hook kills it there, not a clock (for
+    test_finetune's and test_transfer's resume tests)."""
+    env, killed = held_at(cwd, "kill between_steps rank=0 epoch=2 step=1")
+    result = run(command, cwd=cwd, env=env, check=False)
+    assert result.returncode == -signal.SIGKILL and killed(), quiet(result.stdout + result.stderr)[-3000:]
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")) is not None
 
 
 @pytest.mark.parametrize("strategy", sorted(LAUNCH))
