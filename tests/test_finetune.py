@@ -339,12 +339,11 @@ def test_when_fine_tuning_hurts_the_source_comes_back_unchanged(strong_source, h
     assert unguarded["validation"]["accuracy"] < selection["source"]
 
 def test_the_source_candidate_survives_a_kill_and_resume(strong_source, harmful_target, tmp_path):
-    from test_preemption import held_at
+    from test_resume import kill_after_first_epoch
 
     command = module("finetune", *TINY_TARGET, f"finetune.source={strong_source}", *harmful_target,
                      "trainer.early_stopping.patience=null", f"hydra.run.dir={tmp_path}/run")
-    env, killed = held_at(tmp_path, "kill between_steps rank=0 epoch=2 step=1")  # after epoch 1's checkpoint
-    assert run(command, cwd=tmp_path, env=env, check=False).returncode != 0 and killed()
+    kill_after_first_epoch(command, tmp_path / "run", tmp_path)
     assert not (tmp_path / "run" / "metrics.json").exists()
     result = run(command, cwd=tmp_path)
     assert "Resuming from" in result.stdout + result.stderr
