@@ -246,6 +246,21 @@ def test_the_report_adapts_the_source_encoder_to_the_target_texts_before_fine_tu
     adapted = read_json(tmp_path / "report" / "lm_source" / "metrics.json")
     target = load_dataset(composed("transfer_report", *TINY).dataset)
     assert adapted["init_from"] == str(tmp_path / "lm") and adapted["data"]["train"] == len(target.train)  # its texts only
+    # Continued pretraining keeps the language model's trained output biases: a reset to the target's
+    # unigram frequencies (what a new language model starts from) would throw away what they learnt.
+    from sentiment_dist.data.tokenizer import make_vectorizer
+    from sentiment_dist.data.tokens import tokenize_split
+    from sentiment_dist.jobs.rundir import RunDir
+    from sentiment_dist.models.language_model import unigram_log_frequencies
+
+    general, tuned = (RunDir(str(tmp_path / path)).load_language_model() for path in ("lm", "report/lm_source"))
+    vocab_size = len(general.vocabulary)
+    tokens = tokenize_split(make_vectorizer(general.config.model.sequence_length, general.vocabulary), target.train.texts,
+                            target.train.labels)
+    reset = unigram_log_frequencies(tokens.id_counts(vocab_size))
+    for start, end in zip(general.model.heads, tuned.model.heads, strict=True):
+        moved, from_reset = (np.abs(end.bias.numpy() - b).mean() for b in (start.bias.numpy(), reset))
+        assert moved < from_reset / 2, (moved, from_reset)
     rows = {row["method"]: row for row in read_json(tmp_path / "report" / "transfer_report.json")["points"]}
     assert {"finetune_gradual", "finetune_gradual+lm_adapt"} <= set(rows)
     assert rows["finetune_gradual+lm_adapt"]["alpha"] in (0.0, 0.25, 0.5, 0.75, 1.0)
