@@ -169,6 +169,31 @@ def test_the_report_says_plainly_when_fine_tuning_loses_and_by_how_much():
     assert won["finetune_wins"] and won["best_finetuned"] == "finetune_gradual" and won["margin"] == pytest.approx(0.03)
 
 
+def test_fine_tuned_rows_use_the_validation_threshold_when_finetune_would():
+    """With trainer.tune_threshold, `finetune` keeps the threshold that maximises validation macro-F1;
+    the report's fine-tuned rows are scored the same way, or they would not be what finetune runs."""
+    from sentiment_dist.data import LabeledData, Split
+    from sentiment_dist.jobs.report import scored
+
+    rng = np.random.default_rng(0)
+    labels = {name: (rng.random(n) < 0.9).astype(np.int64) for name, n in (("validation", 400), ("test", 800))}
+    # a model that ranks well but is shifted: most negatives and every positive sit above 0.5
+    probabilities = {name: np.clip(0.55 + 0.3 * y + rng.normal(0, 0.08, len(y)), 0, 1)[:, None].astype(np.float32)
+                     for name, y in labels.items()}
+    report = Report.__new__(Report)
+    report.num_classes = 2
+    report.data = LabeledData(Split(np.array(["x"]), np.array([0])), Split(np.array(["x"] * 400), labels["validation"]),
+                              Split(np.array(["x"] * 800), labels["test"]), ["negative", "positive"])
+    at_half = scored(labels["test"], probabilities["test"], 2)
+    report.cfg = OmegaConf.create({"trainer": {"tune_threshold": False}})
+    assert report._as_finetune_scores(at_half, probabilities["validation"], probabilities["test"]) is at_half
+    report.cfg = OmegaConf.create({"trainer": {"tune_threshold": True}})
+    row = report._as_finetune_scores(at_half, probabilities["validation"], probabilities["test"])
+    assert 0.6 < row["threshold"] < 0.9  # between the two classes' scores, not 0.5
+    assert row["macro_f1"] > at_half["macro_f1"] + 0.2
+    assert row == {**scored(labels["test"], probabilities["test"], 2, row["threshold"]), "threshold": row["threshold"]}
+
+
 def test_predictions_round_trip_through_the_points_file():
     from sentiment_dist.jobs.report import pack_predictions, unpack_predictions
 
