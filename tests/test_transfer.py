@@ -169,6 +169,31 @@ def test_the_report_says_plainly_when_fine_tuning_loses_and_by_how_much():
     assert won["finetune_wins"] and won["best_finetuned"] == "finetune_gradual" and won["margin"] == pytest.approx(0.03)
 
 
+def test_fine_tuned_rows_use_the_validation_threshold_when_finetune_would():
+    """With trainer.tune_threshold, `finetune` keeps the threshold that maximises validation macro-F1;
+    the report's fine-tuned rows are scored the same way, or they would not be what finetune runs."""
+    from sentiment_dist.data import LabeledData, Split
+    from sentiment_dist.jobs.report import scored
+
+    rng = np.random.default_rng(0)
+    labels = {name: (rng.random(n) < 0.9).astype(np.int64) for name, n in (("validation", 400), ("test", 800))}
+    # a model that ranks well but is shifted: most negatives and every positive sit above 0.5
+    probabilities = {name: np.clip(0.55 + 0.3 * y + rng.normal(0, 0.08, len(y)), 0, 1)[:, None].astype(np.float32)
+                     for name, y in labels.items()}
+    report = Report.__new__(Report)
+    report.num_classes = 2
+    report.data = LabeledData(Split(np.array(["x"]), np.array([0])), Split(np.array(["x"] * 400), labels["validation"]),
+                              Split(np.array(["x"] * 800), labels["test"]), ["negative", "positive"])
+    at_half = scored(labels["test"], probabilities["test"], 2)
+    report.cfg = OmegaConf.create({"trainer": {"tune_threshold": False}})
+    assert report._as_finetune_scores(at_half, probabilities["validation"], probabilities["test"]) is at_half
+    report.cfg = OmegaConf.create({"trainer": {"tune_threshold": True}})
+    row = report._as_finetune_scores(at_half, probabilities["validation"], probabilities["test"])
+    assert 0.6 < row["threshold"] < 0.9  # between the two classes' scores, not 0.5
+    assert row["macro_f1"] > at_half["macro_f1"] + 0.2
+    assert row == {**scored(labels["test"], probabilities["test"], 2, row["threshold"]), "threshold": row["threshold"]}
+
+
 def test_predictions_round_trip_through_the_points_file():
     from sentiment_dist.jobs.report import pack_predictions, unpack_predictions
 
@@ -246,6 +271,21 @@ def test_the_report_adapts_the_source_encoder_to_the_target_texts_before_fine_tu
     adapted = read_json(tmp_path / "report" / "lm_source" / "metrics.json")
     target = load_dataset(composed("transfer_report", *TINY).dataset)
     assert adapted["init_from"] == str(tmp_path / "lm") and adapted["data"]["train"] == len(target.train)  # its texts only
+    # Continued pretraining keeps the language model's trained output biases: a reset to the target's
+    # unigram frequencies (what a new language model starts from) would throw away what they learnt.
+    from sentiment_dist.data.tokenizer import make_vectorizer
+    from sentiment_dist.data.tokens import tokenize_split
+    from sentiment_dist.jobs.rundir import RunDir
+    from sentiment_dist.models.language_model import unigram_log_frequencies
+
+    general, tuned = (RunDir(str(tmp_path / path)).load_language_model() for path in ("lm", "report/lm_source"))
+    vocab_size = len(general.vocabulary)
+    tokens = tokenize_split(make_vectorizer(general.config.model.sequence_length, general.vocabulary), target.train.texts,
+                            target.train.labels)
+    reset = unigram_log_frequencies(tokens.id_counts(vocab_size))
+    for start, end in zip(general.model.heads, tuned.model.heads, strict=True):
+        moved, from_reset = (np.abs(end.bias.numpy() - b).mean() for b in (start.bias.numpy(), reset))
+        assert moved < from_reset / 2, (moved, from_reset)
     rows = {row["method"]: row for row in read_json(tmp_path / "report" / "transfer_report.json")["points"]}
     assert {"finetune_gradual", "finetune_gradual+lm_adapt"} <= set(rows)
     assert rows["finetune_gradual+lm_adapt"]["alpha"] in (0.0, 0.25, 0.5, 0.75, 1.0)

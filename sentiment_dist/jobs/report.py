@@ -17,7 +17,8 @@ Baselines
 Transfer
 - `finetune_<schedule>`: the source classifier fine-tuned on the N examples, and
   the weights kept as `finetune.*` says (`guard`: the source competes on validation;
-  `wise_ft_alphas`: so do interpolations toward it; `l2_sp`): what `finetune` runs;
+  `wise_ft_alphas`: so do interpolations toward it; `l2_sp`): what `finetune` runs (with
+  `trainer.tune_threshold`, binary, every fine-tuned row is scored at its validation threshold too);
 - free (the same trained weights, chosen otherwise on validation), on the first schedule:
   `:unguarded` (the best epoch alone, as fine-tuning kept before the guard), `:guard`
   (the source against the best epoch), `:wise_ft` (and the interpolations at
@@ -511,7 +512,8 @@ class Report:
         trainer = self._fit(classifier, train, trainer_cfg, groups, plan, selection=selection, start_weights=start_weights)
         if selection is None:
             result, validation, test = self._scored_model(trainer.model)
-            return {method: result, **self._free_rows(method, free, validation, test, tfidf_probabilities)}
+            return {method: self._as_finetune_scores(result, validation, test),
+                    **self._free_rows(method, free, validation, test, tfidf_probabilities)}
         candidates = selection.candidates(trainer, self.validation)
         configured = set(finetune.wise_ft_alphas) | {1.0} | ({0.0} if finetune.guard else set())
         picks = {method: selection.pick([c for c in candidates if c[0] in configured])}
@@ -526,10 +528,19 @@ class Report:
             else:
                 selection.apply(trainer, alpha)
                 by_alpha[alpha] = self._scored_model(trainer.model)
-        rows = {name: {**by_alpha[alpha][0], "alpha": alpha, "validation": value} for name, (alpha, value) in picks.items()}
+        rows = {name: {**self._as_finetune_scores(*by_alpha[alpha]), "alpha": alpha, "validation": value}
+                for name, (alpha, value) in picks.items()}
         _, validation, test = by_alpha[picks[method][0]]
         rows.update(self._free_rows(method, free, validation, test, tfidf_probabilities, picks[method][0]))
         return rows
+
+    def _as_finetune_scores(self, result: dict, validation: np.ndarray, test: np.ndarray) -> dict:
+        """A fine-tuned row scored as `finetune` would leave the model: with `trainer.tune_threshold`
+        (binary), at the decision threshold that maximises the kept weights' validation macro-F1."""
+        if not self.cfg.trainer.get("tune_threshold") or self.num_classes != 2:
+            return result
+        threshold, _ = best_threshold(binned_scores(self.data.validation.labels, validation))
+        return {**scored(self.data.test.labels, test, 2, threshold), "threshold": threshold}
 
     def _start_scores(self, selection: Selection, trainer: Trainer) -> tuple[dict, np.ndarray, np.ndarray]:
         """The transferred model before training, scored once: the same for every point."""
