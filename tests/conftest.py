@@ -96,9 +96,17 @@ def tiny_trainer(**overrides):
     return composed("train", *(f"trainer.{k}={'null' if v is None else v}" for k, v in overrides.items())).trainer
 
 
-def session_run(tmp_path_factory, name: str, command: list[str]) -> Path:
-    """The run dir of `command` (given `hydra.run.dir`), run once per test session: the first
-    xdist worker to ask runs it, the others wait for it and share the result."""
+def trained_classifier(tmp_path_factory) -> Path:
+    """A small classifier trained once in the session (about 0.9 test accuracy on the synthetic
+    movies, well above chance): the run test_cli evaluates, predicts with and exports, and the
+    strong source test_finetune's guard fine-tunes. The run's output is in `<run dir>/../output.txt`."""
+    return session_run(tmp_path_factory, "trained_classifier", module("train", *TINY, "model=bilstm", "dataset.max_rows=2048"))
+
+
+def session_run(tmp_path_factory, name: str, command: list[str], env: dict | None = None) -> Path:
+    """The run dir of `command` (given `hydra.run.dir`; in `env`, cli_env() by default), run once
+    per test session: the first xdist worker to ask runs it, the others wait for it and share the
+    result. Tests only read it."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     out = root / name
@@ -107,7 +115,8 @@ def session_run(tmp_path_factory, name: str, command: list[str]) -> Path:
         if not (out / "run" / "metrics.json").exists():
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            run([*command, f"hydra.run.dir={out / 'run'}"], cwd=out)
+            result = run([*command, f"hydra.run.dir={out / 'run'}"], cwd=out, env=env)
+            (out / "output.txt").write_text(result.stdout + result.stderr)
     return out / "run"
 
 

@@ -14,7 +14,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cli_env, horovodrun, module, read_json, run, session_run, tiny_model, tiny_trainer
+from conftest import (
+    cli_env,
+    horovodrun,
+    module,
+    read_json,
+    run,
+    session_run,
+    tiny_model,
+    tiny_trainer,
+    trained_classifier,
+)
 from omegaconf import OmegaConf
 
 from sentiment_dist.data.tokenizer import count_words, extend_vocabulary, make_vectorizer
@@ -286,7 +296,7 @@ def test_multi_optimizer_cannot_freeze_a_group():
 @pytest.fixture(scope="module")
 def strong_source(tmp_path_factory):
     """A source good enough on its own domain (about 0.9) that a fine-tune can make it worse."""
-    return session_run(tmp_path_factory, "strong_source", module("train", *TINY_SOURCE, "dataset.max_rows=2048"))
+    return trained_classifier(tmp_path_factory)  # TINY_SOURCE on 2048 rows, shared with test_cli
 
 
 @pytest.fixture(scope="module")

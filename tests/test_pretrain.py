@@ -165,11 +165,12 @@ def test_lm_under_mirrored_matches_single_device(exact_run, tmp_path):
 @pytest.fixture(scope="module")
 def bilstm_lm(tmp_path_factory):
     """A bidirectional LM on the source domain, sampled softmax, logged to W&B offline."""
-    out = tmp_path_factory.mktemp("bilstm")
-    env = cli_env(HOME=str(out))  # no API key, no netrc: W&B runs offline
+    home = tmp_path_factory.mktemp("bilstm_home")
+    env = cli_env(HOME=str(home))  # no API key, no netrc: W&B runs offline
     env.pop("WANDB_MODE", None)
-    run(module("pretrain", *TINY, "model=bilstm", "trainer.epochs=3", "logger=wandb", f"hydra.run.dir={out}/run"), cwd=out, env=env)
-    return out / "run"
+    # Once in the session, not once per xdist worker running this module's tests.
+    return session_run(tmp_path_factory, "bilstm_lm", module("pretrain", *TINY, "model=bilstm", "trainer.epochs=3",
+                                                               "logger=wandb"), env=env)
 
 
 def test_bidirectional_pretraining_reports_both_directions_to_wandb(bilstm_lm):
