@@ -122,15 +122,11 @@ HALF_BATCH_LAUNCHES = {
 
 @pytest.fixture(scope="module")
 def single_variant_runs(tmp_path_factory):
-    runs = {}
-
+    """Each variant's single-device run, trained once in the session (not once per xdist worker:
+    the variants' tests are spread over the workers)."""
     def get(variant: str):
-        if variant not in runs:
-            out = tmp_path_factory.mktemp(f"single_{variant}")
-            run(module("train", *common(variant), f"trainer.batch_size={GLOBAL_BATCH}",
-                       f"hydra.run.dir={out}/run"), cwd=out)
-            runs[variant] = out / "run"
-        return runs[variant]
+        return session_run(tmp_path_factory, f"single_{variant}",
+                           module("train", *common(variant), f"trainer.batch_size={GLOBAL_BATCH}"))
 
     return get
 
