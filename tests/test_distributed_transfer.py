@@ -57,10 +57,9 @@ def source(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single_finetune(source, tmp_path_factory):
-    out = tmp_path_factory.mktemp("single_finetune")
-    run(module("finetune", *FINETUNE, f"finetune.source={source}", f"trainer.batch_size={GLOBAL_BATCH}",
-               f"hydra.run.dir={out}/run"), cwd=out)
-    return out / "run"
+    """Once per session: the xdist workers that run this module's strategies share it."""
+    return session_run(tmp_path_factory, "distributed_transfer_single_finetune",
+                       module("finetune", *FINETUNE, f"finetune.source={source}", f"trainer.batch_size={GLOBAL_BATCH}"))
 
 
 def launched(strategy: str, task: str, overrides: list[str], tmp_path, request):
