@@ -244,14 +244,15 @@ def test_a_language_model_on_a_union_of_sources_resumes_after_a_kill(tmp_path):
     """The chain's first stage (pretrain on a mixture's texts, `weight: null` = each source whole),
     killed after its first epoch, resumes from its checkpoint; the later stages (train, finetune,
     transfer_report) resume as tests/test_resume.py and test_finetune.py show."""
-    from test_resume import kill_after_first_epoch
+    from test_preemption import ENV, held_at
 
     command = module("pretrain", *TINY, "trainer.epochs=2", "dataset=synthetic_mixture", "dataset.sources.movies.weight=null",
                      "dataset.sources.ecommerce.weight=null", "trainer.early_stopping.patience=null",
                      f"hydra.run.dir={tmp_path}/lm")
-    kill_after_first_epoch(command, tmp_path / "lm", tmp_path)
+    env, killed = held_at(tmp_path, "kill between_steps rank=0 epoch=2 step=1")  # SIGKILL early in epoch 2
+    assert run(command, cwd=tmp_path, env=env, check=False).returncode != 0 and killed()
     assert not (tmp_path / "lm" / "metrics.json").exists()
-    result = run(command, cwd=tmp_path)
+    result = run(command, cwd=tmp_path, env=ENV)
     assert "Resuming from" in result.stdout + result.stderr
     metrics = read_json(tmp_path / "lm" / "metrics.json")
     assert read_json(tmp_path / "lm" / "history.json")["epoch"] == [1, 2]
