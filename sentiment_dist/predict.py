@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import itertools
 import os
 import sys
 from collections.abc import Iterator
@@ -98,9 +99,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="auto: horovod under horovodrun, multiworker with TF_CONFIG, else single")
     args = parser.parse_args(argv)
     check_arguments(args)
+    chunks = input_chunks(args)
+    first = next(chunks, None)  # read before TensorFlow starts: a file that is not text is told at once
+    if not first:
+        raise UserError("no text to classify; pass texts as arguments, --file, or lines on stdin.")
     from sentiment_dist.jobs.serving import predict_stream
 
-    count = predict_stream(args.model, input_chunks(args), args.out, args.batch_size, args.strategy)
+    count = predict_stream(args.model, itertools.chain([first], chunks), args.out, args.batch_size, args.strategy)
     if count == 0:
         raise UserError("no text to classify; pass texts as arguments, --file, or lines on stdin.")
 
