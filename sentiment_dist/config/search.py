@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.config import schema
 from sentiment_dist.runtime.errors import EXIT_USER_ERROR, UserError, fail
+from sentiment_dist.runtime.launch import RANK_VARIABLES
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def check_search_space(config: DictConfig, config_name: str) -> None:
     """Compose every value the sweep can propose; refuse the sweep, in one sentence, if Hydra
     would refuse one of them. Values out of a range rule only warn: their trials will fail
     (the sweeper records them as failed) while the others run."""
-    launcher_env = [v for v in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "TF_CONFIG") if os.environ.get(v)]
+    launcher_env = [v for v in (*RANK_VARIABLES, "TF_CONFIG") if os.environ.get(v)]
     if launcher_env:
         raise UserError(f"a sweep runs in one process, not under a launcher ({launcher_env[0]} is set); start it "
                         "plainly and give multi-process trials search.trial_launcher=[horovodrun,-np,2,...].")

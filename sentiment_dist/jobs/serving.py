@@ -139,7 +139,9 @@ def _strategy(name: str) -> str:
     """`auto`: what the launcher says, as `make_distribution` knows it."""
     if name != "auto":
         return name
-    if any(os.environ.get(variable) for variable in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")):
+    from sentiment_dist.runtime.launch import RANK_VARIABLES
+
+    if any(os.environ.get(variable) for variable in RANK_VARIABLES):
         return "horovod"
     return "multiworker" if os.environ.get("TF_CONFIG") else "single"
 

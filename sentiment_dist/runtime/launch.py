@@ -9,6 +9,9 @@ import os
 
 from sentiment_dist.runtime.errors import UserError
 
+# What horovodrun (Gloo or MPI) and other MPI launchers set: this process was started as one rank of several.
+RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
 
 def launch_rank() -> int:
     """This process's rank as its launcher announced it, before any init.
@@ -17,7 +20,7 @@ def launch_rank() -> int:
     Horovod start (only the chief gets a run directory); `Distribution`
     checks after init that it agrees with this.
     """
-    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+    for name in RANK_VARIABLES:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     tf_config = os.environ.get("TF_CONFIG")
