@@ -103,3 +103,20 @@ def test_length_evaluation_batches_hold_every_example_once():
     real = np.concatenate([labels[weights > 0] for _, labels, weights in batches])
     assert sorted(real) == list(range(50)) and sum(len(labels) for _, labels, _ in batches) == 64
     assert [tokens.shape[1] for tokens, _, _ in batches] == sorted((t.shape[1] for t, _, _ in batches), reverse=True)
+
+
+def test_balanced_class_weights_are_scikit_learn_s_and_a_missing_class_is_one_sentence():
+    """n / (K * count_k), as scikit-learn computes it (not imported by the trainer: it costs a
+    second of start-up in every rank)."""
+    import pytest
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from sentiment_dist.data.inputs import class_weights
+    from sentiment_dist.runtime.errors import UserError
+
+    labels = np.array([0, 0, 0, 1, 2, 2, 2, 2, 2, 1], "int64")
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    np.testing.assert_allclose(class_weights(labels, 3, "balanced"), expected, rtol=1e-6)
+    assert class_weights(labels, 3, None) is None
+    with pytest.raises(UserError, match=r"class indices \[3\] have no example"):
+        class_weights(labels, 4, "balanced")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from omegaconf import DictConfig
-from sklearn.utils.class_weight import compute_class_weight
 
 from sentiment_dist.data import LabeledData, Split, load_dataset, resolve_dataset
 from sentiment_dist.data.pipeline import held_out_sample
@@ -38,7 +37,7 @@ class ClassifierInputs:
 
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str | None) -> np.ndarray | None:
-    """scikit-learn's per-class weights (`balanced`: n / (K * count_k)), or None."""
+    """The per-class weights (`balanced`: n / (K * count_k), scikit-learn's formula), or None."""
     if mode is None:
         return None
     missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
@@ -47,7 +46,8 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str | None) -> np.
             f"trainer.class_weight={mode} needs every class in the training split, and class indices {missing} "
             "have no example; add examples of them or set trainer.class_weight=null."
         )
-    return compute_class_weight(str(mode), classes=np.arange(num_classes), y=labels).astype(np.float32)
+    counts = np.bincount(labels, minlength=num_classes)
+    return (len(labels) / (num_classes * counts)).astype(np.float32)
 
 
 def data_summary(data: LabeledData) -> dict:
