@@ -103,6 +103,23 @@ def trained_classifier(tmp_path_factory) -> Path:
     return session_run(tmp_path_factory, "trained_classifier", module("train", *TINY, "model=bilstm", "dataset.max_rows=2048"))
 
 
+def bilstm_language_model(tmp_path_factory) -> Path:
+    """A bidirectional language model on the source domain (sampled softmax), logged to W&B offline,
+    trained once in the session: test_pretrain reads and continues it, test_transfer adapts it."""
+    home = tmp_path_factory.mktemp("bilstm_home")
+    env = cli_env(HOME=str(home))  # no API key, no netrc: W&B runs offline
+    env.pop("WANDB_MODE", None)
+    return session_run(tmp_path_factory, "bilstm_lm", module("pretrain", *TINY, "model=bilstm", "trainer.epochs=3",
+                                                               "logger=wandb"), env=env)
+
+
+def classifier_from_language_model(tmp_path_factory) -> Path:
+    """A classifier whose embedding and encoder start from `bilstm_language_model`, trained once in
+    the session. The run's output is in `<run dir>/../output.txt`."""
+    lm = bilstm_language_model(tmp_path_factory)
+    return session_run(tmp_path_factory, "classifier_from_lm", module("train", *TINY, "model=bilstm", f"init.from={lm}"))
+
+
 def session_run(tmp_path_factory, name: str, command: list[str], env: dict | None = None) -> Path:
     """The run dir of `command` (given `hydra.run.dir`; in `env`, cli_env() by default), run once
     per test session: the first xdist worker to ask runs it, the others wait for it and share the

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import wandb_records as wr
 from conftest import (
-    cli_env,
+    bilstm_language_model,
+    classifier_from_language_model,
     composed,
     horovodrun,
     module,
@@ -164,13 +165,7 @@ def test_lm_under_mirrored_matches_single_device(exact_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def bilstm_lm(tmp_path_factory):
-    """A bidirectional LM on the source domain, sampled softmax, logged to W&B offline."""
-    home = tmp_path_factory.mktemp("bilstm_home")
-    env = cli_env(HOME=str(home))  # no API key, no netrc: W&B runs offline
-    env.pop("WANDB_MODE", None)
-    # Once in the session, not once per xdist worker running this module's tests.
-    return session_run(tmp_path_factory, "bilstm_lm", module("pretrain", *TINY, "model=bilstm", "trainer.epochs=3",
-                                                               "logger=wandb"), env=env)
+    return bilstm_language_model(tmp_path_factory)
 
 
 def test_bidirectional_pretraining_reports_both_directions_to_wandb(bilstm_lm):
@@ -199,11 +194,10 @@ def test_classifier_starts_from_exactly_the_pretrained_weights(bilstm_lm):
         assert any(w.shape == weight.shape and np.array_equal(w, weight) for w in saved)
 
 
-def test_train_from_a_pretrain_run(bilstm_lm, tmp_path):
-    result = run(module("train", "debug=tiny", "trainer.verbose=false", "trainer.epochs=1", f"init.from={bilstm_lm}",
-                        f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
-    assert "Initialised embedding, encoder_bilstm_0 from the language model" in result.stdout + result.stderr
-    assert (tmp_path / "run" / "vocabulary.txt").read_text() == (bilstm_lm / "vocabulary.txt").read_text()
+def test_train_from_a_pretrain_run(bilstm_lm, tmp_path_factory):
+    classifier = classifier_from_language_model(tmp_path_factory)
+    assert "Initialised embedding, encoder_bilstm_0 from the language model" in (classifier.parent / "output.txt").read_text()
+    assert (classifier / "vocabulary.txt").read_text() == (bilstm_lm / "vocabulary.txt").read_text()
 
 
 def test_a_classifier_that_does_not_fit_the_pretrain_run_fails_in_one_sentence(bilstm_lm, tmp_path):

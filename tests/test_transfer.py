@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TINY, composed, module, read_json, run
+from conftest import (
+    TINY,
+    bilstm_language_model,
+    classifier_from_language_model,
+    composed,
+    module,
+    read_json,
+    run,
+)
 from omegaconf import OmegaConf
 
 from sentiment_dist.data import load_dataset
@@ -259,19 +267,18 @@ def test_a_language_model_on_a_union_of_sources_resumes_after_a_kill(tmp_path):
     assert set(metrics["data"]["sources"]) == {"movies", "ecommerce"} and metrics["data"]["train"] == 1024
 
 
-def test_the_report_adapts_the_source_encoder_to_the_target_texts_before_fine_tuning(tmp_path):
+def test_the_report_adapts_the_source_encoder_to_the_target_texts_before_fine_tuning(tmp_path, tmp_path_factory):
     """ULMFiT's stage 2 in the review chain's order: language model -> classifier from it -> the
     classifier's own encoder trained as a language model on the target's texts -> fine-tuned."""
-    run(module("pretrain", *TINY, "dataset=synthetic_movies", f"hydra.run.dir={tmp_path}/lm"), cwd=tmp_path)
-    run(module("train", *TINY, "model=bilstm", f"init.from={tmp_path}/lm", f"hydra.run.dir={tmp_path}/source"), cwd=tmp_path)
-    report = [*TINY, f"finetune.source={tmp_path}/source", "report.sizes=[64]", "report.schedules=[gradual]",
+    lm, source = bilstm_language_model(tmp_path_factory), classifier_from_language_model(tmp_path_factory)
+    report = [*TINY, f"finetune.source={source}", "report.sizes=[64]", "report.schedules=[gradual]",
               "report.helpers=[lm_adapt]"]
     refused = run(module("transfer_report", *report, f"hydra.run.dir={tmp_path}/refused"), cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "set init.from=<that pretrain run>" in refused.stderr
-    run(module("transfer_report", *report, f"init.from={tmp_path}/lm", f"hydra.run.dir={tmp_path}/report"), cwd=tmp_path)
+    run(module("transfer_report", *report, f"init.from={lm}", f"hydra.run.dir={tmp_path}/report"), cwd=tmp_path)
     adapted = read_json(tmp_path / "report" / "lm_source" / "metrics.json")
     target = load_dataset(composed("transfer_report", *TINY).dataset)
-    assert adapted["init_from"] == str(tmp_path / "lm") and adapted["data"]["train"] == len(target.train)  # its texts only
+    assert adapted["init_from"] == str(lm) and adapted["data"]["train"] == len(target.train)  # its texts only
     # Continued pretraining keeps the language model's trained output biases: a reset to the target's
     # unigram frequencies (what a new language model starts from) would throw away what they learnt.
     from sentiment_dist.data.tokenizer import make_vectorizer
@@ -279,7 +286,7 @@ def test_the_report_adapts_the_source_encoder_to_the_target_texts_before_fine_tu
     from sentiment_dist.jobs.rundir import RunDir
     from sentiment_dist.models.language_model import unigram_log_frequencies
 
-    general, tuned = (RunDir(str(tmp_path / path)).load_language_model() for path in ("lm", "report/lm_source"))
+    general, tuned = (RunDir(str(path)).load_language_model() for path in (lm, tmp_path / "report" / "lm_source"))
     vocab_size = len(general.vocabulary)
     tokens = tokenize_split(make_vectorizer(general.config.model.sequence_length, general.vocabulary), target.train.texts,
                             target.train.labels)
