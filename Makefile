@@ -32,7 +32,7 @@ run: setup
 # the suite (measured: 38.7 CPU-minutes in 23.1 minutes on 2 cores) while fault tests wait
 # for a lost worker's host to come back or a peer to rendezvous. Capped at 6 so that a big
 # machine does not start dozens of TensorFlow jobs at once.
-TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(6, max(1, len(os.sched_getaffinity(0)) * 3 // 2)))')
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(); print(min(6, max(1, cores * 3 // 2)))')
 test: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
