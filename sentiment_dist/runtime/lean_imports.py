@@ -5,8 +5,8 @@ estimators), matplotlib.pyplot (for `keras.visualization`'s galleries) and
 pandas (to accept DataFrames in `fit`) if they are installed, and TensorFlow's
 legacy `tf.python.keras` imports SciPy (for sparse inputs). They are installed:
 the TF-IDF baseline needs scikit-learn, the run dir's plots matplotlib, the
-file readers pandas. That is 1.5 s of CPU (a third of importing TensorFlow and
-Keras; measured on 2 cores) in every process: every rank of every job, every
+file readers pandas. That is about 1.8 s of CPU (4.7 s to import TensorFlow and
+Keras, 2.9 s without them; measured on 2 cores) in every process: every rank of every job, every
 `predict`, every sweep trial, most of them never touching any of the four.
 
 The finder below answers "not installed" to those imports, and only when they
