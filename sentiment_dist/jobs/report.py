@@ -595,10 +595,12 @@ class Report:
 
     # -- the report ---------------------------------------------------------------
     def run(self) -> list[dict]:
-        """Every method at every size and repeat; the summary over repeats."""
+        """Every method at every size and repeat; the summary over repeats. Repeats run in the outer loop so
+        that a report stopped early has whole curves for its first repeats: rerun it with
+        `report.repeats=<finished>` and it summarises them without training again."""
         self.source_baselines()
-        for size in self.sizes():
-            for repeat in range(self.cfg.report.repeats):
+        for repeat in range(self.cfg.report.repeats):
+            for size in self.sizes():
                 self.point(size, repeat)
         return self.summary()
 
