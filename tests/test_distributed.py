@@ -1,44 +1,15 @@
-"""Distributed jobs end to end on CPU: one run dir, all the data, chief-only
-output, and a crashing worker failing the whole job cleanly."""
+"""A crashing worker fails the whole distributed job cleanly. (A job that ends well is checked end
+to end, against the single device's weights, in test_equivalence.py.)"""
 
 from __future__ import annotations
 
-import glob
-
 import pytest
-from conftest import TINY, cli_env, horovodrun, module, multiworker, only_run_dir, read_json, run
+from conftest import TINY, cli_env, horovodrun, module, multiworker, run
 
-NUM_TEST = 512  # debug=tiny
 JOBS = {
-    "mirrored": lambda: module("train", *TINY, "trainer.verbose=true", "strategy=mirrored", "strategy.cpu_devices=2", "trainer.batch_size=16"),
     "multiworker": lambda: multiworker(2) + module("train", *TINY, "trainer.verbose=true", "strategy=multiworker", "trainer.batch_size=16"),
     "horovod": lambda: horovodrun() + module("train", *TINY, "trainer.verbose=true", "strategy=horovod", "trainer.batch_size=16"),
 }
-
-
-def scratch_dirs(temp) -> list[str]:
-    return glob.glob(f"{temp}/sentiment-dist-*")
-
-
-@pytest.mark.parametrize("strategy", sorted(JOBS))
-def test_a_distributed_job_makes_one_run_dir_from_all_the_data(strategy, tmp_path, request):
-    if strategy == "horovod":
-        request.getfixturevalue("horovod_available")
-    temp = tmp_path / "tmp"  # this job's own TMPDIR: what its ranks leave there is theirs alone
-    temp.mkdir()
-    result = run(JOBS[strategy](), cwd=tmp_path, env=cli_env(TMPDIR=str(temp)))
-    run_dir = only_run_dir(tmp_path / "outputs")
-    assert len(list((tmp_path / "outputs" / "train").iterdir())) == 1
-    metrics = read_json(run_dir / "metrics.json")
-    assert metrics["test"]["examples"] == NUM_TEST  # every test example, once
-    assert sum(metrics["test"]["per_class"][name]["support"] for name in metrics["test"]["label_names"]) == NUM_TEST
-    assert metrics["environment"]["num_replicas"] == 2 and metrics["environment"]["global_batch_size"] == 32
-    assert metrics["test"]["accuracy"] > 0.6
-    # The chief alone prints progress and the run dir; ranks agree on it.
-    assert result.stdout.count("Epoch 1/2") == 1 and result.stdout.count("Run directory:") == 1
-    assert result.stdout.count("Strategy ") == 1
-    assert "global batch 32" in result.stdout
-    assert not scratch_dirs(temp), "a worker left its scratch dir behind"
 
 
 # Rank 1 dies (os._exit, like a segfault or OOM kill) when training starts,

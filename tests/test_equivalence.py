@@ -11,13 +11,14 @@ far beyond the tolerance.
 
 from __future__ import annotations
 
+import glob
 import zipfile
 
 import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import horovodrun, module, multiworker, run, session_run
+from conftest import cli_env, horovodrun, module, multiworker, only_run_dir, read_json, run, session_run
 
 GLOBAL_BATCH = 32
 COMMON = [
@@ -81,22 +82,38 @@ def assert_same_last_state(reference, other, tolerance=2e-5):
     assert worst < tolerance, f"the last checkpoints differ by {worst}"
 
 
-def test_mirrored_matches_single_device(single_run, tmp_path):
-    half = f"trainer.batch_size={GLOBAL_BATCH // 2}"
-    run(module("train", *COMMON, half, "strategy=mirrored", "strategy.cpu_devices=2", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
-    assert_same_weights(single_run, tmp_path / "run")
+HALF_BATCH_LAUNCHES = {
+    "mirrored": lambda *args: module("train", *args, "strategy=mirrored", "strategy.cpu_devices=2"),
+    "multiworker": lambda *args: multiworker(2) + module("train", *args, "strategy=multiworker"),
+    "horovod": lambda *args: horovodrun() + module("train", *args, "strategy=horovod"),
+}
 
 
-def test_multiworker_matches_single_device(single_run, tmp_path):
-    half = f"trainer.batch_size={GLOBAL_BATCH // 2}"
-    run(multiworker(2) + module("train", *COMMON, half, "strategy=multiworker", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
-    assert_same_weights(single_run, tmp_path / "run")
-
-
-def test_horovod_matches_single_device(single_run, tmp_path, horovod_available):
-    half = f"trainer.batch_size={GLOBAL_BATCH // 2}"
-    run(horovodrun() + module("train", *COMMON, half, "strategy=horovod", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
-    assert_same_weights(single_run, tmp_path / "run")
+@pytest.mark.parametrize("strategy", sorted(HALF_BATCH_LAUNCHES))
+def test_a_distributed_job_trains_the_single_device_model_in_one_run_dir_from_all_the_data(single_run, strategy,
+                                                                                             tmp_path, request):
+    """The job end to end, as a user launches it (the default run dir, progress printed): one run
+    dir, made by the chief alone, the whole test split scored once, nothing left in the ranks'
+    scratch space, and the single device's weights."""
+    if strategy == "horovod":
+        request.getfixturevalue("horovod_available")
+    temp = tmp_path / "tmp"  # this job's own TMPDIR: what its ranks leave there is theirs alone
+    temp.mkdir()
+    result = run(HALF_BATCH_LAUNCHES[strategy](*COMMON, f"trainer.batch_size={GLOBAL_BATCH // 2}", "trainer.verbose=true"),
+                 cwd=tmp_path, env=cli_env(TMPDIR=str(temp)))
+    run_dir = only_run_dir(tmp_path / "outputs")
+    assert len(list((tmp_path / "outputs" / "train").iterdir())) == 1
+    assert_same_weights(single_run, run_dir)
+    metrics, alone = read_json(run_dir / "metrics.json"), read_json(single_run / "metrics.json")
+    examples = alone["test"]["examples"]
+    assert metrics["test"]["examples"] == examples  # every test example, once
+    assert sum(metrics["test"]["per_class"][name]["support"] for name in metrics["test"]["label_names"]) == examples
+    assert metrics["environment"]["num_replicas"] == 2 and metrics["environment"]["global_batch_size"] == GLOBAL_BATCH
+    # The chief alone prints progress and the run dir; ranks agree on it.
+    assert result.stdout.count("Epoch 1/2") == 1 and result.stdout.count("Run directory:") == 1
+    assert result.stdout.count("Strategy ") == 1
+    assert f"global batch {GLOBAL_BATCH}" in result.stdout
+    assert not glob.glob(f"{temp}/sentiment-dist-*"), "a worker left its scratch dir behind"
 
 
 # Options that change what is trained or kept, each checked under every strategy:
@@ -113,11 +130,6 @@ def common(variant: str) -> list[str]:
     """COMMON with the variant's options (a mixture has no num_train of its own)."""
     base = [arg for arg in COMMON if not (variant == "mixture" and arg.startswith("dataset.num_train"))]
     return [*base, *VARIANTS[variant]]
-HALF_BATCH_LAUNCHES = {
-    "mirrored": lambda *args: module("train", *args, "strategy=mirrored", "strategy.cpu_devices=2"),
-    "multiworker": lambda *args: multiworker(2) + module("train", *args, "strategy=multiworker"),
-    "horovod": lambda *args: horovodrun() + module("train", *args, "strategy=horovod"),
-}
 
 
 @pytest.fixture(scope="module")

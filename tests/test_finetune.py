@@ -320,26 +320,34 @@ def harmful_target(tmp_path_factory):
         "dataset=csv", "finetune.schedule=full"]
 
 
-def test_when_fine_tuning_hurts_the_source_comes_back_unchanged(strong_source, harmful_target, tmp_path):
+@pytest.fixture(scope="module")
+def guarded(strong_source, harmful_target, tmp_path_factory):
+    """The single-device fine-tune of the strong source on the harmful target, run once in the
+    session (its output is in `<run dir>/../output.txt`)."""
+    return session_run(tmp_path_factory, "guarded_finetune",
+                       module("finetune", *TINY_TARGET, f"finetune.source={strong_source}", *harmful_target))
+
+
+def test_when_fine_tuning_hurts_the_source_comes_back_unchanged(strong_source, harmful_target, guarded, tmp_path):
     common = [*TINY_TARGET, f"finetune.source={strong_source}", *harmful_target]
-    result = run(module("finetune", *common, f"hydra.run.dir={tmp_path}/guarded"), cwd=tmp_path)
-    metrics = read_json(tmp_path / "guarded" / "metrics.json")
+    output = (guarded.parent / "output.txt").read_text()
+    metrics = read_json(guarded / "metrics.json")
     selection = metrics["selection"]
     # Every fine-tuned epoch is worse than the source on validation (else this test proves nothing) ...
-    assert max(read_json(tmp_path / "guarded" / "history.json")["val_accuracy"]) < selection["source"]
+    assert max(read_json(guarded / "history.json")["val_accuracy"]) < selection["source"]
     # ... so the source comes back, bit for bit, and the run dir says so.
     assert selection["kept"] == "source" and selection["alpha"] == 0.0
     assert selection["monitor"] == "val_accuracy"  # `auto` on balanced classes
     assert selection["fine_tuned"] < selection["source"] and selection["gain_over_source"] == 0.0
     assert selection["gain_over_fine_tuned"] == pytest.approx(selection["source"] - selection["fine_tuned"])
-    assert "Kept the source weights" in result.stdout + result.stderr
+    assert "Kept the source weights" in output
     assert metrics["validation"]["accuracy"] == selection["source"]
     assert metrics["test"]["confusion_matrix"] == metrics["test_before_training"]["confusion_matrix"]
-    before, after = classifier_weights(strong_source), classifier_weights(tmp_path / "guarded")
+    before, after = classifier_weights(strong_source), classifier_weights(guarded)
     for name, weights in before.items():
         for a, b in zip(weights, after[name], strict=True):
             np.testing.assert_array_equal(a, b)
-    config = OmegaConf.load(tmp_path / "guarded" / "config.yaml")
+    config = OmegaConf.load(guarded / "config.yaml")
     assert config.trainer.best_monitor == config.trainer.early_stopping.monitor == "val_accuracy"
 
     # Without the guard the best epoch is returned, though it is worse than the source on validation.
@@ -362,13 +370,11 @@ def test_the_source_candidate_survives_a_kill_and_resume(strong_source, harmful_
     assert metrics["test"]["confusion_matrix"] == metrics["test_before_training"]["confusion_matrix"]
 
 
-def test_the_guard_under_horovod_scores_every_rank_s_shard_and_keeps_the_source(strong_source, harmful_target, tmp_path,
-                                                                                horovod_available):
-    run(module("finetune", *TINY_TARGET, f"finetune.source={strong_source}", *harmful_target,
-               f"hydra.run.dir={tmp_path}/single"), cwd=tmp_path)
+def test_the_guard_under_horovod_scores_every_rank_s_shard_and_keeps_the_source(strong_source, harmful_target, guarded,
+                                                                                tmp_path, horovod_available):
     run(horovodrun() + module("finetune", *TINY_TARGET, f"finetune.source={strong_source}", *harmful_target,
                               "strategy=horovod", "trainer.batch_size=16", f"hydra.run.dir={tmp_path}/horovod"), cwd=tmp_path)
-    single, horovod = (read_json(tmp_path / name / "metrics.json") for name in ("single", "horovod"))
+    single, horovod = read_json(guarded / "metrics.json"), read_json(tmp_path / "horovod" / "metrics.json")
     assert horovod["environment"]["world_size"] == 2
     assert horovod["selection"]["kept"] == "source"
     # The source is scored on the whole validation split, whatever the sharding: the same value.
