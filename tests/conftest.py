@@ -120,6 +120,17 @@ def classifier_from_language_model(tmp_path_factory) -> Path:
     return session_run(tmp_path_factory, "classifier_from_lm", module("train", *TINY, "model=bilstm", f"init.from={lm}"))
 
 
+def finetune_main_job(tmp_path_factory) -> Path:
+    """`python -m sentiment_dist.finetune debug=tiny logger=wandb`, W&B offline, run once in the
+    session: the main job (the source trained, then fine-tuned, in one command), which test_finetune
+    checks as a run dir and test_tracking as two W&B runs. Its output is in `<run dir>/../output.txt`."""
+    home = tmp_path_factory.mktemp("finetune_home")
+    env = cli_env(HOME=str(home))  # no API key, no netrc: W&B runs offline
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):
+        env.pop(key, None)
+    return session_run(tmp_path_factory, "finetune_main_job", module("finetune", *TINY, "logger=wandb"), env=env)
+
+
 def session_run(tmp_path_factory, name: str, command: list[str], env: dict | None = None) -> Path:
     """The run dir of `command` (given `hydra.run.dir`; in `env`, cli_env() by default), run once
     per test session: the first xdist worker to ask runs it, the others wait for it and share the

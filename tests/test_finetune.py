@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 from conftest import (
     cli_env,
+    finetune_main_job,
     horovodrun,
     module,
     read_json,
@@ -158,17 +159,17 @@ def test_expect_model_rejects_another_family(source_run, tmp_path):
     assert result.returncode == 2 and "is a bilstm, not the lstm" in result.stderr
 
 
-def test_main_job_trains_the_source_then_fine_tunes_in_one_command(tmp_path):
-    result = run(module("finetune", *TINY_TARGET), cwd=tmp_path)
-    (job,) = (tmp_path / "outputs" / "finetune").iterdir()
-    assert f"Run directory: {job}" in result.stdout
+def test_main_job_trains_the_source_then_fine_tunes_in_one_command(tmp_path_factory):
+    job = finetune_main_job(tmp_path_factory)
+    output = (job.parent / "output.txt").read_text()
+    assert f"Run directory: {job}" in output
     source, target = read_json(job / "source" / "metrics.json"), read_json(job / "metrics.json")
     assert source["test"]["label_names"] == target["test"]["label_names"] == ["negative", "positive"]
     assert (job / "source" / "model.keras").exists() and (job / "model.keras").exists()
     # The source as-is on the target test set: the baseline the fine-tune reports against.
     before = target["test_before_training"]
     assert before["examples"] == target["test"]["examples"] and 0.5 < before["accuracy"] < 1
-    assert "Before training: test accuracy" in result.stderr + result.stdout
+    assert "Before training: test accuracy" in output
 
 
 def test_finetune_under_mirrored(source_run, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import wandb_records as wr
-from conftest import TINY, cli_env, horovodrun, module, read_json, run
+from conftest import TINY, cli_env, finetune_main_job, horovodrun, module, read_json, run
 
 WANDB = [*TINY, "logger=wandb"]
 
@@ -60,9 +60,8 @@ def test_horovod_job_is_one_wandb_run(tmp_path, horovod_available):
     assert environment["world_size"] == 2 and environment["horovod"] == "0.28.1"
 
 
-def test_finetune_joins_the_source_group_and_declares_the_source_model(tmp_path):
-    run(module("finetune", "debug=tiny", "trainer.verbose=false", "logger=wandb"), cwd=tmp_path, env=offline_env(tmp_path))
-    runs = sorted(tmp_path.rglob("offline-run-*"))
+def test_finetune_joins_the_source_group_and_declares_the_source_model(tmp_path_factory):
+    runs = sorted(finetune_main_job(tmp_path_factory).parent.rglob("offline-run-*"))
     assert len(runs) == 2
     by_job = {}
     for path in runs:
