@@ -1,4 +1,5 @@
-"""Fine-tuning and pretraining under MultiWorker, Horovod and elastic Horovod give the single-device
+"""Fine-tuning under Mirrored, MultiWorker, Horovod and elastic Horovod, and pretraining under
+MultiWorker and Horovod (Mirrored: test_pretrain.py), give the single-device
 weights, as training does (test_equivalence.py: the same global batch, the same tolerance).
 
 The fine-tune exercises what only transfer does: a vocabulary extended with the target's tokens
@@ -44,6 +45,7 @@ def elastic(task: str, *overrides: str) -> list[str]:
 
 
 LAUNCHES = {
+    "mirrored": lambda task, *args: module(task, *args, "strategy=mirrored", "strategy.cpu_devices=2"),
     "multiworker": lambda task, *args: multiworker(2) + module(task, *args, "strategy=multiworker"),
     "horovod": lambda task, *args: horovodrun() + module(task, *args, "strategy=horovod"),
     "horovod_elastic": elastic,
@@ -97,7 +99,7 @@ def test_a_gradual_finetune_with_an_extended_vocabulary_matches_single_device(so
         assert np.abs(moved).max() > 10 * 2e-5, name
 
     metrics, expected = read_json(run_dir / "metrics.json"), read_json(single_finetune / "metrics.json")
-    assert metrics["environment"]["world_size"] == 2
+    assert metrics["environment"]["num_replicas"] == 2
     before, before_alone = metrics["test_before_training"], expected["test_before_training"]
     assert before["confusion_matrix"] == before_alone["confusion_matrix"]  # the source as-is, scored once
     assert before["loss"] == pytest.approx(before_alone["loss"], abs=1e-5)

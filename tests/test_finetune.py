@@ -1,6 +1,6 @@
 """Transfer learning: vocabulary reuse and extension, frozen groups, heads,
 discriminative learning rates, source-run errors, and fine-tuning end to end
-under single, mirrored and horovod."""
+under single and horovod (mirrored, multiworker and elastic: test_distributed_transfer.py)."""
 
 from __future__ import annotations
 
@@ -170,12 +170,6 @@ def test_main_job_trains_the_source_then_fine_tunes_in_one_command(tmp_path_fact
     before = target["test_before_training"]
     assert before["examples"] == target["test"]["examples"] and 0.5 < before["accuracy"] < 1
     assert "Before training: test accuracy" in output
-
-
-def test_finetune_under_mirrored(source_run, tmp_path):
-    run(module("finetune", *TINY_TARGET, f"finetune.source={source_run}", "strategy=mirrored", "strategy.cpu_devices=2",
-               "trainer.batch_size=16", f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
-    assert read_json(tmp_path / "run" / "metrics.json")["environment"]["num_replicas"] == 2
 
 
 def test_main_job_under_horovod_trains_the_source_then_fine_tunes(tmp_path, horovod_available):
