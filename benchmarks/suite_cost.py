@@ -48,7 +48,8 @@ atexit.register(_record)
 
 
 def charged(entries: list[dict]) -> list[tuple[str, dict]]:
-    """Each process with the test it is charged to ('' for the xdist workers' own work between tests)."""
+    """Each process with the test it is charged to: '' for the xdist workers (whose in-process tests
+    are theirs) and for a rank whose launcher dropped the environment and whose parent left no record."""
     by_pid = {entry["pid"]: entry for entry in entries}
 
     def test_of(entry: dict, hops: int = 0) -> str:
@@ -79,11 +80,11 @@ def main() -> None:
     run_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     per_test, per_module = collections.defaultdict(lambda: [0.0, 0, 0]), collections.defaultdict(float)
     for test, entry in charged(entries):
-        row = per_test[test or "(xdist workers, between tests)"]
+        row = per_test[test or "(no test: xdist workers with their in-process tests, ranks launched without the test's environment)"]
         row[0] += entry["cpu_s"]
         row[1] += 1
         row[2] += entry["tensorflow"]
-        per_module[test.split("::")[0] or "(xdist workers, between tests)"] += entry["cpu_s"]
+        per_module[test.split("::")[0] or "(no test: xdist workers with their in-process tests, ranks launched without the test's environment)"] += entry["cpu_s"]
     counted = sum(entry["cpu_s"] for entry in entries)
     summary = {
         "pytest_exit_code": code, "wall_s": round(wall, 1), "cpu_s": round(run_cpu, 1),
