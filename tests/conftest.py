@@ -27,6 +27,14 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def offline_wandb_env(home: Path, **extra: str) -> dict[str, str]:
+    """cli_env() with no W&B API key and no netrc (HOME is `home`): W&B's own rule makes a run offline."""
+    env = cli_env(HOME=str(home))
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):
+        env.pop(key, None)
+    return {**env, **extra}
+
+
 def run(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None, check: bool = True):
     """Run a command; on unexpected failure show its output in the assertion."""
     result = subprocess.run(args, cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
@@ -106,9 +114,7 @@ def trained_classifier(tmp_path_factory) -> Path:
 def bilstm_language_model(tmp_path_factory) -> Path:
     """A bidirectional language model on the source domain (sampled softmax), logged to W&B offline,
     trained once in the session: test_pretrain reads and continues it, test_transfer adapts it."""
-    home = tmp_path_factory.mktemp("bilstm_home")
-    env = cli_env(HOME=str(home))  # no API key, no netrc: W&B runs offline
-    env.pop("WANDB_MODE", None)
+    env = offline_wandb_env(tmp_path_factory.mktemp("bilstm_home"))
     return session_run(tmp_path_factory, "bilstm_lm", module("pretrain", *TINY, "model=bilstm", "trainer.epochs=3",
                                                                "logger=wandb"), env=env)
 
@@ -124,10 +130,7 @@ def finetune_main_job(tmp_path_factory) -> Path:
     """`python -m sentiment_dist.finetune debug=tiny logger=wandb`, W&B offline, run once in the
     session: the main job (the source trained, then fine-tuned, in one command), which test_finetune
     checks as a run dir and test_tracking as two W&B runs. Its output is in `<run dir>/../output.txt`."""
-    home = tmp_path_factory.mktemp("finetune_home")
-    env = cli_env(HOME=str(home))  # no API key, no netrc: W&B runs offline
-    for key in ("WANDB_MODE", "WANDB_API_KEY"):
-        env.pop(key, None)
+    env = offline_wandb_env(tmp_path_factory.mktemp("finetune_home"))
     return session_run(tmp_path_factory, "finetune_main_job", module("finetune", *TINY, "logger=wandb"), env=env)
 
 

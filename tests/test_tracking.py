@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 import wandb_records as wr
-from conftest import TINY, cli_env, finetune_main_job, horovodrun, module, read_json, run
+from conftest import TINY, finetune_main_job, horovodrun, module, offline_wandb_env, read_json, run
 
 WANDB = [*TINY, "logger=wandb"]
-
-
-def offline_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """No API key and no netrc: W&B's own rule makes the run offline."""
-    env = cli_env(HOME=str(tmp_path))
-    for key in ("WANDB_MODE", "WANDB_API_KEY"):
-        env.pop(key, None)
-    return {**env, **extra}
 
 
 def only_wandb_run(root: Path) -> Path:
@@ -46,7 +38,7 @@ def check_recorded(run_dir: Path) -> list:
 
 
 def test_single_run_is_recorded_offline(tmp_path):
-    result = run(module("train", *WANDB), cwd=tmp_path, env=offline_env(tmp_path))
+    result = run(module("train", *WANDB), cwd=tmp_path, env=offline_wandb_env(tmp_path))
     assert "logging offline" in result.stdout
     run_dir = only_wandb_run(tmp_path / "outputs")
     check_recorded(run_dir)
@@ -54,7 +46,7 @@ def test_single_run_is_recorded_offline(tmp_path):
 
 
 def test_horovod_job_is_one_wandb_run(tmp_path, horovod_available):
-    run(horovodrun() + module("train", *WANDB, "strategy=horovod", "trainer.batch_size=16"), cwd=tmp_path, env=offline_env(tmp_path))
+    run(horovodrun() + module("train", *WANDB, "strategy=horovod", "trainer.batch_size=16"), cwd=tmp_path, env=offline_wandb_env(tmp_path))
     records = check_recorded(only_wandb_run(tmp_path / "outputs"))
     environment = json.loads(wr.config(records)["environment"])
     assert environment["world_size"] == 2 and environment["horovod"] == "0.28.1"
@@ -92,7 +84,7 @@ wandb_run.Run.log = broken_log
 def test_wandb_failing_at_init_and_log_time_does_not_stop_training(tmp_path):
     (tmp_path / "sabotage").mkdir()
     (tmp_path / "sabotage" / "sitecustomize.py").write_text(SABOTAGE)
-    env = offline_env(tmp_path, PYTHONPATH=str(tmp_path / "sabotage"), WANDB_MODE="online")
+    env = offline_wandb_env(tmp_path, PYTHONPATH=str(tmp_path / "sabotage"), WANDB_MODE="online")
     result = run(module("train", *WANDB), cwd=tmp_path, env=env)
     assert "W&B init (online) failed" in result.stdout and "injected" in result.stdout
     assert "W&B log failed" in result.stdout or "W&B log" in result.stdout
