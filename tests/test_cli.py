@@ -274,6 +274,17 @@ def test_the_confusion_plot_pools_all_but_the_most_frequent_classes():
     assert (same == confusion[:5, :5]).all()
 
 
+def test_the_logged_table_keeps_its_columns_apart_for_class_names_shorter_than_its_header():
+    from sentiment_dist.jobs.plots import format_metrics_table
+
+    scores = {"precision": 0.5, "recall": 0.25, "f1": 0.125, "support": 8}
+    table = format_metrics_table({"per_class": {"c0": scores, "c1": scores}, "accuracy": 0.5, "macro_f1": 0.4,
+                                  "loss": 0.7}).splitlines()
+    assert table[0].split() == ["class", "precision", "recall", "f1", "support"]
+    assert table[1].split() == ["c0", "0.500", "0.250", "0.125", "8"]
+    assert len({line.index("precision") + len("precision") for line in table[:1]} |
+               {line.index("0.500") + len("0.500") for line in table[1:3]}) == 1  # right-aligned under the header
+
 @pytest.mark.parametrize("tf_config", ["{not json", "[1, 2]", '{"task": {"type": "worker", "index": "first"}}'])
 def test_a_malformed_distributed_environment_is_one_sentence(tmp_path, tf_config):
     result = run(module("train", *TINY, "strategy=multiworker"), cwd=tmp_path, check=False,

@@ -75,7 +75,7 @@ def plot_history(columns: dict[str, list], path: str) -> None:
 
 def format_metrics_table(metrics: dict) -> str:
     """Per-class scores as an aligned text table for the log."""
-    width = max(len(name) for name in metrics["per_class"]) + 2
+    width = max(len(name) for name in [*metrics["per_class"], "class"]) + 2  # short class names (c0, c1, ...) too
     lines = [f"{'class':<{width}}precision  recall     f1  support"]
     for name, scores in metrics["per_class"].items():
         lines.append(
