@@ -207,7 +207,8 @@ def test_a_store_that_is_not_what_the_job_reads_is_refused_in_one_sentence(tmp_p
             classifier_inputs(composed_with_store(job_cfg, store_path), SINGLE, request)
         return str(info.value)
 
-    assert "another vocabulary (built from the training split, model.vocab_size=300)" in refusal(
+    assert "another vocabulary (one built from the training split with model.vocab_size=300), and this run needs " \
+           "one built from the training split with model.vocab_size=100;" in refusal(
         train_cfg("dataset=csv", f"dataset.path={path}", "model.vocab_size=100"))
     assert "another dataset config: dataset.split.seed is 42 there and 7 here" in refusal(
         train_cfg("dataset=csv", f"dataset.path={path}", "dataset.split.seed=7"))

@@ -440,8 +440,8 @@ class PreparedStore:
         same = request.base is not None and not request.extend and \
             self.manifest["vocabulary"]["sha256"] == vocabulary_hash(list(request.base))
         if wanted != made and not same:
-            raise UserError(f"dataset.prepared={self.path} holds ids of another vocabulary ({_describe(made)}), this "
-                            f"run needs {_describe(wanted)}; prepare the store again with this run's settings, or set "
+            raise UserError(f"dataset.prepared={self.path} holds ids of another vocabulary (one {_describe(made)}), "
+                            f"and this run needs one {_describe(wanted)}; prepare the store again with this run's settings, or set "
                             "dataset.prepared=auto.")
         for recorded_input in self.manifest["inputs"]:
             now = fingerprint(recorded_input["path"], content=False)
@@ -465,6 +465,6 @@ def _first_difference(mine, theirs, prefix: str = "dataset"):
 
 def _describe(request: dict) -> str:
     if request.get("built_from"):
-        return f"built from the training split, model.vocab_size={request['vocab_size']}"
-    return f"a given vocabulary of {request['base_size']} tokens (sha256 {request['base_sha256'][:12]}) extended by " \
+        return f"built from the training split with model.vocab_size={request['vocab_size']}"
+    return f"of {request['base_size']} given tokens (sha256 {request['base_sha256'][:12]}) extended by " \
            f"up to {request['extend']}"
