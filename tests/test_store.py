@@ -296,6 +296,28 @@ def test_a_store_some_ranks_cannot_see_stops_every_rank_in_one_sentence(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_prepare_never_writes_into_a_directory_that_is_not_a_store(tmp_path):
+    cfg = train_cfg("dataset=csv", f"dataset.path={write_reviews(tmp_path / 'r.csv')}")
+    request = VocabularyRequest(size=cfg.model.vocab_size)
+
+    def prepare_into(out):
+        return prepare(cfg.dataset, request, str(out), str(tmp_path / "stores"), 1,
+                       lambda dataset, sink: resolve_dataset(dataset, sink, True))
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    (tmp_path / "a_file").write_text("keep")
+    for taken in ("mine", "a_file"):
+        with pytest.raises(UserError, match=f"{tmp_path}/{taken} already exists and is not a prepared store; set "
+                                            "prepare.out to a new directory"):
+            prepare_into(tmp_path / taken)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep" and (tmp_path / "a_file").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine", "r.csv"]  # no scratch left either
+    (tmp_path / "empty").mkdir()  # an empty directory, as `mkdir` before a job makes it, is used
+    assert prepare_into(tmp_path / "empty") == (str(tmp_path / "empty"), False)
+    assert (tmp_path / "empty" / MANIFEST).is_file()
+
+
 def test_the_manifest_says_what_the_store_was_made_from(tmp_path):
     path = write_reviews(tmp_path / "r.csv")
     cfg = train_cfg("dataset=csv", f"dataset.path={path}")

@@ -283,6 +283,10 @@ def prepare(cfg: DictConfig, request: VocabularyRequest, out: str | None, cache_
             return path, True
         raise UserError(f"{path} already holds a prepared store of other data or another vocabulary; "
                         "choose another prepare.out, or delete it.")
+    if os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+        # Refused before the work, not when the finished store cannot be renamed onto it.
+        raise UserError(f"{path} already exists and is not a prepared store; set prepare.out to a new directory "
+                        "(prepare creates it), or remove that one.")
     parent = os.path.dirname(os.path.abspath(path))
     _remove_abandoned(path)
     temp = f"{os.path.abspath(path)}.tmp-{os.getpid()}"
