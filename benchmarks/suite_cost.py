@@ -47,6 +47,9 @@ atexit.register(_record)
 '''
 
 
+NO_TEST = "(no test: xdist workers with their in-process tests, ranks launched without the test's environment)"
+
+
 def charged(entries: list[dict]) -> list[tuple[str, dict]]:
     """Each process with the test it is charged to: '' for the xdist workers (whose in-process tests
     are theirs) and for a rank whose launcher dropped the environment and whose parent left no record."""
@@ -80,11 +83,11 @@ def main() -> None:
     run_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     per_test, per_module = collections.defaultdict(lambda: [0.0, 0, 0]), collections.defaultdict(float)
     for test, entry in charged(entries):
-        row = per_test[test or "(no test: xdist workers with their in-process tests, ranks launched without the test's environment)"]
+        row = per_test[test or NO_TEST]
         row[0] += entry["cpu_s"]
         row[1] += 1
         row[2] += entry["tensorflow"]
-        per_module[test.split("::")[0] or "(no test: xdist workers with their in-process tests, ranks launched without the test's environment)"] += entry["cpu_s"]
+        per_module[test.split("::")[0] or NO_TEST] += entry["cpu_s"]
     counted = sum(entry["cpu_s"] for entry in entries)
     summary = {
         "pytest_exit_code": code, "wall_s": round(wall, 1), "cpu_s": round(run_cpu, 1),

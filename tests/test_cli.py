@@ -282,8 +282,9 @@ def test_the_logged_table_keeps_its_columns_apart_for_class_names_shorter_than_i
                                   "loss": 0.7}).splitlines()
     assert table[0].split() == ["class", "precision", "recall", "f1", "support"]
     assert table[1].split() == ["c0", "0.500", "0.250", "0.125", "8"]
-    assert len({line.index("precision") + len("precision") for line in table[:1]} |
-               {line.index("0.500") + len("0.500") for line in table[1:3]}) == 1  # right-aligned under the header
+    precision_ends = [table[0].index("precision") + len("precision"), *(row.index("0.500") + 5 for row in table[1:3])]
+    assert len(set(precision_ends)) == 1  # each score right-aligned under its header
+
 
 @pytest.mark.parametrize("tf_config", ["{not json", "[1, 2]", '{"task": {"type": "worker", "index": "first"}}'])
 def test_a_malformed_distributed_environment_is_one_sentence(tmp_path, tf_config):
