@@ -45,11 +45,12 @@ def export_run(run_dir: str, out: str, tflite: bool) -> dict[str, str]:
         import tensorflow as tf
 
         from sentiment_dist.jobs.rundir import RunDir
+        from sentiment_dist.runtime.distribute import graph_function
 
         run = RunDir(run_dir).load_classifier()
         model = run.model
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        @graph_function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
         def serve(text):
             return {"probabilities": model(text[:, None], training=False)}
 
@@ -267,12 +268,12 @@ def _by_length(run, batch_size: int):
     """texts -> probabilities, as `run.model` scores them, in batches of similar lengths cut to
     their longest text: at 800 tokens most of each padded row is padding, which is masked anyway."""
     import numpy as np
-    import tensorflow as tf
 
     from sentiment_dist.data.pipeline import longest_first
     from sentiment_dist.data.tokens import tokenize_split
+    from sentiment_dist.runtime.distribute import graph_function
 
-    score = tf.function(lambda tokens: run.classifier(tokens, training=False), reduce_retracing=True)
+    score = graph_function(lambda tokens: run.classifier(tokens, training=False), reduce_retracing=True)
 
     def predict(texts: list[str]):
         split = tokenize_split(run.vectorizer, np.asarray(texts, dtype=object), np.zeros(len(texts), np.int32))

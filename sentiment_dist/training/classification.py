@@ -11,7 +11,7 @@ import tensorflow as tf
 from sentiment_dist.data.pipeline import evaluation_batches, longest_first
 from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.models.classifier import per_example_loss, predicted_class
-from sentiment_dist.runtime.distribute import Distribution
+from sentiment_dist.runtime.distribute import Distribution, graph_function
 from sentiment_dist.training.metrics import accuracy, classification_metrics, macro_f1
 
 # Binary classifiers: P(positive) is histogrammed in this many bins per true class to choose
@@ -45,7 +45,7 @@ class Evaluator:
         self.dist, self.model, self.num_classes, self.global_batch = dist, model, num_classes, global_batch
         self.by_length = by_length  # batches sorted by length and cut to their longest row
 
-        @tf.function(reduce_retracing=True)  # by_length: one trace for every batch length
+        @graph_function(reduce_retracing=True)  # by_length: one trace for every batch length
         def step(batch, threshold):
             return dist.reduce_sum(dist.run(self._replica_step, args=(*batch, threshold)))
 
@@ -116,7 +116,7 @@ def predict_probabilities(model: keras.Model, split: TokenizedSplit, batch_size:
 
     In one process (the transfer report's): it scores in batches of similar lengths cut to their
     longest row, as the evaluator does, and puts the rows back in order."""
-    score = tf.function(lambda tokens: model(tokens, training=False), reduce_retracing=True)
+    score = graph_function(lambda tokens: model(tokens, training=False), reduce_retracing=True)
     order = longest_first(split.row_lengths)
     probabilities = np.empty((len(split), model.output_shape[-1]), np.float32)
     for start in range(0, len(order), batch_size):

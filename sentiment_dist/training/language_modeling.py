@@ -17,7 +17,7 @@ import tensorflow as tf
 from sentiment_dist.data.pipeline import evaluation_batches
 from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.models.language_model import LanguageModel
-from sentiment_dist.runtime.distribute import Distribution
+from sentiment_dist.runtime.distribute import Distribution, graph_function
 
 
 def targets(tokens, direction: str):
@@ -122,7 +122,7 @@ class LanguageModelEvaluator:
     def __init__(self, dist: Distribution, model: LanguageModel, global_batch: int, by_length: bool = False):
         self.dist, self.model, self.global_batch, self.by_length = dist, model, global_batch, by_length
 
-        @tf.function(reduce_retracing=True)
+        @graph_function(reduce_retracing=True)
         def step(batch):
             return dist.reduce_sum(dist.run(self._replica_step, args=batch))
 

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.data.pipeline import training_batches
 from sentiment_dist.data.tokens import TokenizedSplit
-from sentiment_dist.runtime.distribute import Distribution, HorovodDistribution
+from sentiment_dist.runtime.distribute import Distribution, HorovodDistribution, graph_function
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.training import faults, preemption
 from sentiment_dist.training.checkpoint import Checkpointer, History
@@ -222,7 +222,7 @@ class Trainer:
                 return self.dist.reduce_sum(self.dist.run(self._replica_train_step, args=batch))
 
             # by_length: one trace for every batch length; Horovod: the preemption vote rides along
-            self._train_step_fn = tf.function(self.guard.fuse(step), reduce_retracing=True)
+            self._train_step_fn = graph_function(self.guard.fuse(step), reduce_retracing=True)
         return self._train_step_fn(batch)
 
     def steps_taken(self) -> int:
