@@ -5,8 +5,10 @@ beside it. This counts what the suite costs: each Python process the tests start
 rank under horovodrun or MultiWorker, an xdist worker) records its own CPU time when it exits,
 through a `sitecustomize` put on PYTHONPATH for this run only, and is charged to the test that
 started it (PYTEST_CURRENT_TEST, inherited; or its parent process's test, for ranks whose
-launcher clears the environment). Processes ended by SIGKILL record nothing: the fault tests'
-victims are missing from the totals, which `time` (user + sys) of the whole run includes.
+launcher clears the environment). A CLI job forked from a warm Python (tests/warm_python.py)
+records only its own CPU time; the imports it skipped are counted once, in that server's record.
+Processes ended by SIGKILL record nothing: the fault tests' victims are missing from the totals,
+which `time` (user + sys) of the whole run includes.
 
     python benchmarks/suite_cost.py [--workers 3] [pytest arguments, e.g. tests/test_cli.py]
 
@@ -68,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="3", help="pytest -n (make test's choice on 2 cores: 3)")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--keep", type=Path, help="also copy every process's record (JSON lines) here")
     args, pytest_args = parser.parse_known_args()
     with tempfile.TemporaryDirectory(prefix="suite-cost-") as scratch:
         (Path(scratch) / "sitecustomize.py").write_text(RECORDER)
@@ -80,6 +83,8 @@ def main() -> None:
         wall = time.monotonic() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         entries = [json.loads(line) for line in records.read_text().splitlines()] if records.exists() else []
+        if args.keep and records.exists():
+            args.keep.write_text(records.read_text())
     run_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     per_test, per_module = collections.defaultdict(lambda: [0.0, 0, 0]), collections.defaultdict(float)
     for test, entry in charged(entries):

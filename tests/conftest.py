@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from warm_python import WarmPython
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -35,9 +36,23 @@ def offline_wandb_env(home: Path, **extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+# `python -m sentiment_dist.<task>` run by `run` forks from a Python that has imported TensorFlow
+# (tests/warm_python.py); SENTIMENT_DIST_TEST_FRESH=1 starts a new interpreter for each instead.
+WARM = None if os.environ.get("SENTIMENT_DIST_TEST_FRESH") == "1" else WarmPython()
+
+
+def pytest_sessionfinish(session) -> None:
+    if WARM is not None:
+        WARM.close()
+
+
 def run(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None, check: bool = True):
     """Run a command; on unexpected failure show its output in the assertion."""
-    result = subprocess.run(args, cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+    env = env or cli_env()
+    if WARM is not None and args[:2] == [PYTHON, "-m"] and args[2].startswith("sentiment_dist.") and WARM.serves(env):
+        result = WARM.run(args[2], args[3:], cwd, env, timeout)
+    else:
+        result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{args} exited {result.returncode}\n--- stdout\n{quiet(result.stdout)[-4000:]}\n--- stderr\n{quiet(result.stderr)[-6000:]}"
