@@ -128,15 +128,17 @@ class Distribution:
         def from_context(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
             return make(InputShard(ctx.input_pipeline_id, ctx.num_input_pipelines, ctx.num_replicas_in_sync))
 
-        if self.num_replicas == 1 and self.world_size == 1:
-            return make(InputShard(0, 1, 1))
+        if self.num_replicas == self.world_size:
+            # One replica per process (one device, Horovod, a one-GPU MultiWorker worker): the
+            # pipeline's own batches, read by a plain iterator, as the replica's.
+            return make(InputShard(self.rank, self.world_size, self.num_replicas))
         return self.strategy.distribute_datasets_from_function(from_context, options=self._input_options())
 
     def _input_options(self) -> tf.distribute.InputOptions | None:
-        """TensorFlow's default: one pipeline per worker, its batches split over the devices by
-        an iterator of TensorFlow's own. That iterator has tf.data's model autotuning on, and
-        deleting it at each epoch's end stalls for up to seconds (see `data/pipeline.py`); only
-        MirroredStrategy can do without it."""
+        """TensorFlow's default: one pipeline per worker, its batches split over the worker's
+        devices by an iterator of TensorFlow's own. That iterator has tf.data's model autotuning
+        on, and deleting it at each epoch's end stalls for up to seconds (see `data/pipeline.py`);
+        MirroredStrategy can do without it, MultiWorker only with one device per worker."""
         return None
 
     def run(self, fn: Callable, args: tuple) -> Any:
@@ -388,9 +390,6 @@ class HorovodDistribution(Distribution):
         import horovod
 
         return {**super().describe(), "horovod": horovod.__version__, "local_rank": self.hvd.local_rank()}
-
-    def distribute_dataset(self, make: Callable[[InputShard], tf.data.Dataset]) -> Iterable:
-        return make(InputShard(self.rank, self.world_size, self.world_size))
 
     def run(self, fn: Callable, args: tuple) -> Any:
         return fn(*args)
