@@ -66,6 +66,26 @@ def charged(entries: list[dict]) -> list[tuple[str, dict]]:
     return [(test_of(entry), entry) for entry in entries]
 
 
+def kind(entry: dict, by_pid: dict[int, dict]) -> str:
+    """How a process was started, from its own argv and its parent's."""
+    argv = " ".join(map(str, entry["argv"]))
+    parent = by_pid.get(entry["ppid"])
+    parent_argv = " ".join(map(str, parent["argv"])) if parent else ""
+    if "warm_python.py" in argv:
+        return "warm Python server (tests/warm_python.py)"
+    if "warm_python.py" in parent_argv:
+        return "CLI job forked from the warm Python"
+    if "horovodrun" in argv:
+        return "horovodrun and its helpers"
+    if "multiworker.py" in parent_argv or (parent is None and entry["tensorflow"] and "sentiment_dist" in argv):
+        return "rank of a 2-process job (horovodrun, launch/multiworker.py)"
+    if entry["argv"][:1] == ["-c"] and "pytest" in parent_argv:
+        return "xdist worker (its in-process tests)"
+    if entry["tensorflow"]:
+        return "other TensorFlow process (a CLI job in a new interpreter, a sweep trial)"
+    return "other process without TensorFlow"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="3", help="pytest -n (make test's choice on 2 cores: 3)")
@@ -94,6 +114,13 @@ def main() -> None:
         row[2] += entry["tensorflow"]
         per_module[test.split("::")[0] or NO_TEST] += entry["cpu_s"]
     counted = sum(entry["cpu_s"] for entry in entries)
+    by_pid, per_kind = {entry["pid"]: entry for entry in entries}, collections.defaultdict(lambda: [0, 0.0])
+    for entry in entries:
+        row = per_kind[kind(entry, by_pid)]
+        row[0] += 1
+        row[1] += entry["cpu_s"]
+    kinds = sorted(({"kind": name, "processes": n, "cpu_s": round(cpu, 1)} for name, (n, cpu) in per_kind.items()),
+                   key=lambda row: -row["cpu_s"])
     summary = {
         "pytest_exit_code": code, "wall_s": round(wall, 1), "cpu_s": round(run_cpu, 1),
         "cpu_s_counted": round(counted, 1), "processes": len(entries),
@@ -108,8 +135,9 @@ def main() -> None:
                       for module, cpu in per_module.items()), key=lambda row: -row["cpu_s"])
     write_results(
         "suite_cost", "Where the test suite's time goes (CPU seconds, every process counted)",
-        {"summary": summary, "modules": modules, "tests": tests},
+        {"summary": summary, "kinds": kinds, "modules": modules, "tests": tests},
         [("The run", [summary], [(key, key) for key in summary]),
+         ("Processes by how they were started", kinds, [("kind", "kind"), ("processes", "processes"), ("cpu_s", "CPU s")]),
          ("Modules", modules, [("module", "module"), ("cpu_s", "CPU s"), ("share", "share")]),
          (f"The {args.top} costliest tests", tests[: args.top],
           [("test", "test"), ("cpu_s", "CPU s"), ("processes", "processes"), ("tensorflow_processes", "TensorFlow")])],

@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per CLI run")
     parser.add_argument("--skip", default="", help=f"comma-separated, of {','.join(STEPS)}")
     parser.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every run")
+    parser.add_argument("--name", default=None, help="results file name (default: throughput, or throughput_imdb)")
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     if skip - set(STEPS) or args.batch_size % 2:
@@ -248,7 +249,7 @@ def main() -> None:
         f"batch {args.batch_size}, jit_compile=False on both; {args.rounds} round(s), order alternating. "
         "Target: our Trainer within 5% of model.fit.",
     ]
-    name = "throughput_imdb" if args.imdb else "throughput"
+    name = args.name or ("throughput_imdb" if args.imdb else "throughput")
     write_results(name, f"Training throughput ({data})", {"args": vars(args), "strategies": rows, "in_process": inproc},
                   [("Strategies (real CLI)", rows, columns),
                    ("Input pipeline and framework overhead", extra_rows,
