@@ -12,13 +12,16 @@ JOBS = {
 }
 
 
-# Rank 1 dies (os._exit, like a segfault or OOM kill) when training starts,
-# after the chief has made its run dir: patched in when the trainer is imported.
+# Rank 1 dies (os._exit, like a segfault or OOM kill) at its second training step, after the chief
+# has made its run dir: patched in when the trainer is imported. Not at the first: the chief may then
+# be compiling its step in C++ for longer than the launcher's grace between SIGTERM and SIGKILL (5 s
+# in horovodrun) on a loaded machine, and a SIGKILLed chief cleans up nothing. After a step both
+# have run, the chief is in the next step's collective, which fails as soon as the peer is gone.
 CRASH_RANK_1 = """
 import importlib.abc, importlib.machinery, json, os, sys
 rank = os.environ.get("HOROVOD_RANK") or str(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))
 
-class CrashOnFit(importlib.abc.MetaPathFinder):
+class CrashOnSecondStep(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name != "sentiment_dist.training.loop":
             return None
@@ -26,15 +29,19 @@ class CrashOnFit(importlib.abc.MetaPathFinder):
         load = spec.loader.exec_module
         def exec_module(module):
             load(module)
-            def fit(*args, **kwargs):
-                sys.stderr.write("simulated crash on rank 1\\n")
-                os._exit(3)
-            module.Trainer.fit = fit
+            step, steps = module.Trainer._train_step, []
+            def crash_on_second(self, batch):
+                steps.append(batch)
+                if len(steps) == 2:
+                    sys.stderr.write("simulated crash on rank 1\\n")
+                    os._exit(3)
+                return step(self, batch)
+            module.Trainer._train_step = crash_on_second
         spec.loader.exec_module = exec_module
         return spec
 
 if rank == "1":
-    sys.meta_path.insert(0, CrashOnFit())
+    sys.meta_path.insert(0, CrashOnSecondStep())
 """
 
 
