@@ -42,7 +42,6 @@ from sentiment_dist.runtime.launch import launch_rank, slurm_tf_config
 log = logging.getLogger(__name__)
 
 
-
 def graph_function(fn: Callable | None = None, **options: Any) -> Callable:
     """`tf.function` without AutoGraph. Nothing traced here branches or loops on a tensor in
     Python (Keras 3 layers cannot: the same code runs under JAX), so AutoGraph's rewrite of every
