@@ -1,7 +1,7 @@
 """`python -m sentiment_dist.<task>` without paying for the import of TensorFlow each time.
 
-Importing TensorFlow, Keras, Hydra and pandas costs about 3.5 s of CPU, and the suite runs about a
-hundred CLI jobs directly (the ranks that horovodrun and the multi-worker launcher start are not
+Importing TensorFlow, Keras, Hydra and pandas costs about 3.5 s of CPU, and the suite runs about
+140 CLI jobs directly (the ranks that horovodrun and the multi-worker launcher start are not
 among them: those are always fresh interpreters). Each xdist worker keeps one server: a Python that
 has imported those libraries, and nothing of sentiment_dist beyond its package `__init__`. For each
 job it forks a child that becomes what `python -m sentiment_dist.<task> args...` would be: the
@@ -47,6 +47,7 @@ class WarmPython:
         self._server: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._scratch = ""
+        self._buffer = b""  # the server's answers read but not yet taken
 
     def serves(self, env: dict) -> bool:
         """Whether a job in `env` starts as it would in a new interpreter (see _READ_AT_START)."""
@@ -131,6 +132,7 @@ def _become(request: dict) -> int:
     os.environ.update(request["env"])
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
+    os.close(null)
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)
