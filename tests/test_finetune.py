@@ -446,14 +446,17 @@ def test_auto_monitors_follow_the_headline_metric():
 
 
 def test_the_report_s_fine_tune_is_guarded_too(strong_source, harmful_target, tmp_path):
+    # Every flipped label, every layer from the first epoch (as harmful_target says): with 64 of
+    # them under `gradual` the fine-tune could tie the source on validation (0.948 both, on one
+    # machine), and the test proved nothing there.
     run(module("transfer_report", "debug=tiny", "trainer.verbose=false", f"finetune.source={strong_source}", *harmful_target,
-               "report.sizes=[64]", "report.schedules=[gradual]", "report.helpers=[]", f"hydra.run.dir={tmp_path}/run"),
+               "report.sizes=[all]", "report.schedules=[full]", "report.helpers=[]", f"hydra.run.dir={tmp_path}/run"),
         cwd=tmp_path)
     report = read_json(tmp_path / "run" / "transfer_report.json")
     rows = {row["method"]: row for row in report["points"]}
-    kept, unguarded = rows["finetune_gradual"], rows["finetune_gradual:unguarded"]
+    kept, unguarded = rows["finetune_full"], rows["finetune_full:unguarded"]
     assert kept["alpha"] == 0.0 and unguarded["alpha"] == 1.0
     assert unguarded["validation"] < kept["validation"]  # the fine-tune hurt, on validation
     assert kept["accuracy"] == rows["source_as_is"]["accuracy"] and kept["macro_f1"] == rows["source_as_is"]["macro_f1"]
-    (summary,) = [row for row in report["summary"] if row["method"] == "finetune_gradual"]
+    (summary,) = [row for row in report["summary"] if row["method"] == "finetune_full"]
     assert summary["kept_source"] == 1.0
