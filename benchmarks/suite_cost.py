@@ -5,7 +5,7 @@ beside it. This counts what the suite costs: each Python process the tests start
 rank under horovodrun or MultiWorker, an xdist worker) records its own CPU time when it exits,
 through a `sitecustomize` put on PYTHONPATH for this run only, and is charged to the test that
 started it (PYTEST_CURRENT_TEST, inherited; or its parent process's test, for ranks whose
-launcher clears the environment). A CLI job forked from a warm Python (tests/warm_python.py)
+launcher clears the environment). A CLI job or a rank forked from a warm Python (tests/warm_python.py)
 records only its own CPU time; the imports it skipped are counted once, in that server's record.
 Processes ended by SIGKILL record nothing: the fault tests' victims are missing from the totals,
 which `time` (user + sys) of the whole run includes.
@@ -39,6 +39,7 @@ def _record():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     entry = {"pid": os.getpid(), "ppid": os.getppid(), "test": os.environ.get("PYTEST_CURRENT_TEST", ""),
              "argv": sys.argv[:3], "tensorflow": "tensorflow" in sys.modules,
+             "rank": any(k in os.environ for k in ("HOROVOD_RANK", "TF_CONFIG", "SLURM_PROCID")),
              "cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.time() - _started}
     try:
         with open(os.environ["SUITE_COST_FILE"], "a", encoding="utf-8") as handle:
@@ -74,11 +75,15 @@ def kind(entry: dict, by_pid: dict[int, dict]) -> str:
     if "warm_python.py" in argv:
         return "warm Python server (tests/warm_python.py)"
     if "warm_python.py" in parent_argv:
+        if entry.get("rank"):
+            return "rank of a 2-process job, forked from the warm Python"
         return "CLI job forked from the warm Python"
+    if "warm_rank.py" in argv:
+        return "client of a forked rank (tests/warm_rank.py)"
     if "horovodrun" in argv:
         return "horovodrun and its helpers"
     if "multiworker.py" in parent_argv or (parent is None and entry["tensorflow"] and "sentiment_dist" in argv):
-        return "rank of a 2-process job (horovodrun, launch/multiworker.py)"
+        return "rank of a 2-process job, a new interpreter (horovodrun, launch/multiworker.py)"
     if entry["argv"][:1] == ["-c"] and "pytest" in parent_argv:
         return "xdist worker (its in-process tests)"
     if entry["tensorflow"]:

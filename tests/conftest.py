@@ -36,9 +36,16 @@ def offline_wandb_env(home: Path, **extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-# `python -m sentiment_dist.<task>` run by `run` forks from a Python that has imported TensorFlow
-# (tests/warm_python.py); SENTIMENT_DIST_TEST_FRESH=1 starts a new interpreter for each instead.
+# `python -m sentiment_dist.<task>` run by `run`, and the ranks of the horovodrun and multi-worker
+# launches it runs, fork from a Python that has imported TensorFlow (tests/warm_python.py);
+# SENTIMENT_DIST_TEST_FRESH=1 starts a new interpreter for each instead.
 WARM = None if os.environ.get("SENTIMENT_DIST_TEST_FRESH") == "1" else WarmPython()
+
+
+def warm_ranks(command: list[str], env: dict) -> tuple[list[str], dict]:
+    """`command` and `env` for a launch (horovodrun, launch/multiworker.py) whose ranks fork from
+    the warm Python, or a job the test signals; for tests that start it themselves."""
+    return (command, env) if WARM is None else WARM.warm_ranks(command, env)
 
 
 def pytest_sessionfinish(session) -> None:
@@ -52,7 +59,8 @@ def run(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None,
     if WARM is not None and args[:2] == [PYTHON, "-m"] and args[2].startswith("sentiment_dist.") and WARM.serves(env):
         result = WARM.run(args[2], args[3:], cwd, env, timeout)
     else:
-        result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        launched, env = warm_ranks(args, env)
+        result = subprocess.run(launched, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{args} exited {result.returncode}\n--- stdout\n{quiet(result.stdout)[-4000:]}\n--- stderr\n{quiet(result.stderr)[-6000:]}"

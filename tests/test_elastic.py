@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 import wandb_records as wr
-from conftest import BIN, REPO, module, only_run_dir, quiet, read_json, session_run
+from conftest import BIN, REPO, module, only_run_dir, quiet, read_json, session_run, warm_ranks
 from test_equivalence import assert_same_last_state, assert_same_weights
 from test_preemption import ENV, HALF, LONG, check_history
 
@@ -49,6 +49,7 @@ WORKERS_CHANGED = re.compile(r"Workers changed: (\d) now; resuming at (.+?) with
 def run_logged(command: list[str], cwd: Path, env: dict, log: Path) -> str:
     """The output of `command`, which must exit 0; kept in `log` as it comes, so that a failure,
     or a hang stopped by the guard, shows where the job was."""
+    command, env = warm_ranks(command, env)
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:

@@ -25,6 +25,7 @@ from conftest import (
     tiny_model,
     tiny_trainer,
     trained_classifier,
+    warm_ranks,
 )
 from omegaconf import OmegaConf
 
@@ -224,7 +225,8 @@ def test_a_transfer_report_stopped_by_sigterm_keeps_its_points_and_resumes_them(
                      f"paths.prepared_dir={tmp_path}/prepared", f"hydra.run.dir={tmp_path}/run")
     points_file = tmp_path / "run" / "transfer_report_points.jsonl"
     with open(tmp_path / "first.log", "w") as log:
-        report = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
+        launch, env = warm_ranks(command, cli_env())
+        report = subprocess.Popen(launch, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
         while report.poll() is None and not (points_file.exists() and points_file.read_text().count("\n") >= 2):
             assert time.monotonic() < deadline, "no transfer report point was written in 4 minutes"

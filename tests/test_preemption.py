@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import wandb_records as wr
-from conftest import BIN, REPO, cli_env, module, quiet, read_json, run, session_run
+from conftest import BIN, REPO, cli_env, module, quiet, read_json, run, session_run, warm_ranks
 from test_equivalence import assert_same_last_state, assert_same_weights
 
 from sentiment_dist.runtime.errors import EXIT_PREEMPTED
@@ -107,7 +107,8 @@ def start_and_signal(command: list[str], cwd: Path, marker: str | None, sig: int
     finished process's code and output."""
     path = cwd / "attempt.log"
     log = path.open("w")
-    launcher = subprocess.Popen(command, cwd=cwd, env=env or ENV, stdout=log, stderr=subprocess.STDOUT,
+    command, env = warm_ranks(command, env or ENV)
+    launcher = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
         wait_for(ready, launcher, path)

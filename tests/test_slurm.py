@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY, cli_env, module, quiet, read_json
+from conftest import TINY, cli_env, module, quiet, read_json, warm_ranks
 
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.runtime.launch import expand_hostlist, expand_tasks_per_node, slurm_tf_config
@@ -68,8 +68,9 @@ def test_two_workers_start_from_slurm_variables_alone(tmp_path):
                      f"strategy.slurm_port_base={port_base}", f"hydra.run.dir={run_dir}")
     slurm = {"SLURM_JOB_ID": str(job_id), "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "2",
              "SLURM_NTASKS": "2", "SLURM_NNODES": "1"}
-    workers = [subprocess.Popen(command, cwd=tmp_path, env=cli_env(**slurm, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
+    launches = [warm_ranks(command, cli_env(**slurm, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank))) for rank in range(2)]
+    workers = [subprocess.Popen(launch, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for launch, env in launches]
     outputs = [worker.communicate(timeout=300)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], quiet(outputs[0])[-3000:] + quiet(outputs[1])[-3000:]
     assert f"'worker': ['localhost:{port}', 'localhost:{port + 1}']" in outputs[0]  # the chief logs its cluster

@@ -4,7 +4,10 @@ and exit sequence, and its own random state. The suite's CLI jobs rely on this."
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from conftest import PYTHON, cli_env
@@ -16,7 +19,7 @@ print("argv", sys.argv[1:], os.path.basename(sys.argv[0]))
 print("path0", sys.path[0] == os.getcwd(), "cwd", os.path.basename(os.getcwd()))
 print("env", os.environ.get("PROBE_VALUE"), "tmp", tempfile.gettempdir() == os.environ["TMPDIR"])
 print("main", __name__, "stdin", repr(sys.stdin.read()))
-print("random", random.random(), file=sys.stderr)
+print("random", random.random(), "preloaded", "tensorflow" in sys.modules, file=sys.stderr)
 atexit.register(lambda: print("atexit ran"))
 threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished"))).start()
 ending = sys.argv[1]
@@ -43,13 +46,18 @@ def launch(warm, how: str, ending: str, tmp_path) -> subprocess.CompletedProcess
     if how == "warm":
         assert warm.serves(env)
         return warm.run("probe", [ending], tmp_path, env, timeout=60)
-    return subprocess.run([PYTHON, "-m", "probe", ending], cwd=tmp_path, env=env, capture_output=True, text=True,
+    command = [PYTHON]
+    if how == "rank":  # what horovodrun starts for a rank: tests/warm_rank.py, which the server forks
+        command, env = warm.client(env)
+    return subprocess.run([*command, "-m", "probe", ending], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL)
 
 
 @pytest.mark.parametrize("ending", ["end", "code", "message", "raise"])
-def test_a_warm_job_is_what_a_new_interpreter_runs(warm, ending, tmp_path):
-    fresh, forked = launch(warm, "fresh", ending, tmp_path), launch(warm, "warm", ending, tmp_path)
+@pytest.mark.parametrize("how", ["warm", "rank"])
+def test_a_warm_job_is_what_a_new_interpreter_runs(warm, how, ending, tmp_path):
+    fresh, forked = launch(warm, "fresh", ending, tmp_path), launch(warm, how, ending, tmp_path)
+    assert "preloaded True" in forked.stderr and "preloaded False" in fresh.stderr  # forked, not started anew
     assert forked.returncode == fresh.returncode == {"end": 0, "code": 3, "message": 1, "raise": 1}[ending]
     assert forked.stdout == fresh.stdout
     assert "atexit ran" in forked.stdout and "thread finished" in forked.stdout
@@ -78,4 +86,55 @@ def test_each_warm_job_has_its_own_random_state_and_a_timeout_kills_it(warm, tmp
 def test_a_job_needing_another_interpreter_start_is_not_served(warm):
     assert not warm.serves(cli_env(PYTHONPATH="/somewhere/sitecustomize"))
     assert not warm.serves(cli_env(TF_ENABLE_ONEDNN_OPTS="0"))
-    assert warm.serves(cli_env(TF_CONFIG="{}", WANDB_MODE="offline", HOME="/elsewhere"))
+    assert warm.serves(cli_env(TF_CONFIG="{}", WANDB_MODE="offline", HOME="/elsewhere", PYTHON="/usr/bin/python3"))
+
+
+SIGNALLED = """
+import os, signal, sys, time
+from pathlib import Path
+here = Path(sys.argv[1])
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))  # a preempted job saves and exits with its own code
+(here / "pid").write_text(str(os.getpid()))
+if sys.argv[2] == "kill-itself":
+    os.kill(os.getpid(), signal.SIGKILL)
+while True:
+    signal.pause()
+"""
+
+
+@pytest.mark.parametrize("ending", ["sigterm-forwarded", "kill-itself", "client-killed"])
+def test_a_warm_rank_passes_signals_on_and_ends_as_the_rank_ended(warm, ending, tmp_path):
+    """What a launcher sees of a rank forked through tests/warm_rank.py: its SIGTERM reaches the
+    rank, and the rank's exit code or fatal signal comes back; a client SIGKILLed (horovodrun's
+    last resort) takes its rank with it."""
+    (tmp_path / "signalled.py").write_text(SIGNALLED)
+    client, env = warm.client(cli_env())
+    job = subprocess.Popen([*client, "-m", "signalled", str(tmp_path), ending], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pid_file = tmp_path / "pid"
+    while not pid_file.exists() or not pid_file.read_text():
+        assert job.poll() is None or ending == "kill-itself", job.stdout.read()
+        time.sleep(0.05)
+    rank = int(pid_file.read_text())
+    assert rank != job.pid  # the rank is the server's child, not the client
+    if ending == "sigterm-forwarded":
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(timeout=120) == 7
+    elif ending == "kill-itself":
+        assert job.wait(timeout=120) == -signal.SIGKILL, job.stdout.read()
+    else:
+        job.kill()
+        assert job.wait(timeout=120) == -signal.SIGKILL
+        while Path(f"/proc/{rank}").exists() and "\nState:\tZ" not in Path(f"/proc/{rank}/status").read_text(errors="replace"):
+            time.sleep(0.05)  # the server kills it when the connection drops; the session timeout guards a hang
+    assert launch(warm, "rank", "code", tmp_path).returncode == 3  # the server carries on
+
+
+def test_a_rank_needing_another_interpreter_start_runs_fresh(warm, tmp_path):
+    (tmp_path / "probe.py").write_text(PROBE)
+    (tmp_path / "tmp").mkdir()
+    client, env = warm.client(cli_env(PROBE_VALUE="seen", TMPDIR=str(tmp_path / "tmp"), PYTHONHASHSEED="7"))
+    result = subprocess.run([*client, "-m", "probe", "code"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 3 and "preloaded False" in result.stderr  # started anew, as asked
+    assert "env seen tmp True" in result.stdout

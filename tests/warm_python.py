@@ -1,18 +1,26 @@
 """`python -m sentiment_dist.<task>` without paying for the import of TensorFlow each time.
 
-Importing TensorFlow, Keras, Hydra and pandas costs about 3.5 s of CPU, and the suite runs about
-140 CLI jobs directly (the ranks that horovodrun and the multi-worker launcher start are not
-among them: those are always fresh interpreters). Each xdist worker keeps one server: a Python that
-has imported those libraries, and nothing of sentiment_dist beyond its package `__init__`. For each
-job it forks a child that becomes what `python -m sentiment_dist.<task> args...` would be: the
-test's working directory, environment, argv and `sys.path[0]`; stdout and stderr to files;
-freshly seeded `random` and `numpy.random`; no cached temporary directory. The task module and
-everything it imports of sentiment_dist then run in the child, fresh, as in a new interpreter;
-the child exits through the interpreter's own sequence (wait for threads, atexit, flush) with the
-exit code Python would give. Set SENTIMENT_DIST_TEST_FRESH=1 to run every job in a new interpreter.
+Importing TensorFlow, Keras, Horovod, Hydra and pandas costs 3.5-7 s of CPU (by machine), and the
+suite runs about 140 CLI jobs and about 65 ranks of 2-process jobs. Each xdist worker keeps one
+server: a Python that has imported those libraries, and nothing of sentiment_dist beyond its
+package `__init__`. For each job it forks a child that becomes what `python -m
+sentiment_dist.<task> args...` would be: the job's working directory, environment, argv and
+`sys.path[0]`; its stdin, stdout and stderr; freshly seeded `random` and `numpy.random`; no cached
+temporary directory. The task module and everything it imports of sentiment_dist then run in the
+child, fresh, as in a new interpreter; the child exits through the interpreter's own sequence
+(wait for threads, atexit, flush) with the exit code Python would give. Set
+SENTIMENT_DIST_TEST_FRESH=1 to run every job in a new interpreter.
 
-Protocol: one JSON request per line on the server's stdin; it answers with the child's pid, then
-with its wait status, on its stdout.
+Two ways in:
+- A CLI job the test runs itself (`WarmPython.run`): one JSON request per line on the server's
+  stdin, with files for stdout and stderr; the server answers with the child's pid, then with its
+  wait status, on its stdout.
+- A rank that horovodrun or launch/multiworker.py starts, or a job the test signals: the test puts
+  tests/warm_rank.py in the command in front of `-m sentiment_dist.<task>` (`warm_ranks`). That
+  small client sends its request and its own stdin, stdout and stderr to the server's Unix socket,
+  forwards the signals it gets to the child and ends as the child ended, so the launcher sees the
+  exit code or signal it would have seen. A child whose client dies (SIGKILL) is killed by the
+  server.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +42,8 @@ from pathlib import Path
 # given other values than the server started with (a sitecustomize on PYTHONPATH, another oneDNN
 # setting) needs a new interpreter.
 _READ_AT_START = ("PYTHON", "TF_", "KERAS_", "LD_", "OMP_", "MKL_", "OPENBLAS_", "MALLOC_")
-_READ_WHEN_USED = {"PYTHONUNBUFFERED", "TF_CONFIG", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"}
+_READ_WHEN_USED = {"PYTHONUNBUFFERED", "TF_CONFIG", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                   "PYTHON"}  # the last: the interpreter launch/horovodrun.sh runs, not a Python setting
 
 
 def _read_at_start(env: dict) -> dict:
@@ -47,6 +57,7 @@ class WarmPython:
         self._server: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._scratch = ""
+        self._socket = ""
         self._buffer = b""  # the server's answers read but not yet taken
 
     def serves(self, env: dict) -> bool:
@@ -61,12 +72,32 @@ class WarmPython:
         if self._server is None or self._server.poll() is not None:
             env = self._server_env()
             self._scratch = self._scratch or tempfile.mkdtemp(prefix="warm-python-")
+            self._socket = os.path.join(self._scratch, f"ranks-{len(os.listdir(self._scratch))}.sock")
             with open(os.path.join(self._scratch, "server.log"), "ab") as log:
-                self._server = subprocess.Popen([sys.executable, str(Path(__file__).resolve())], cwd=self._scratch,
-                                                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                                bufsize=0)
+                self._server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), self._socket],
+                                                cwd=self._scratch, env=env, stdin=subprocess.PIPE,
+                                                stdout=subprocess.PIPE, stderr=log, bufsize=0)
             self._buffer = b""
+            self._answer()  # {"listening": ...}: the imports are done, and ranks can connect
         return self._server
+
+    def warm_ranks(self, command: list[str], env: dict) -> tuple[list[str], dict]:
+        """`command` (a horovodrun or launch/multiworker.py launch, or a job the test signals) and
+        `env`, changed so that the `python -m sentiment_dist.<task>` it runs is forked from this
+        server; unchanged if it runs none. One whose environment differs in start-up variables
+        runs fresh."""
+        for at in range(len(command) - 2):
+            if command[at:at + 2] == [sys.executable, "-m"] and command[at + 2].startswith("sentiment_dist."):
+                client, env = self.client(env)
+                return [*command[:at], *client, *command[at + 1:]], env
+        return command, env
+
+    def client(self, env: dict) -> tuple[list[str], dict]:
+        """What runs `-m <module> args...` forked from this server (tests/warm_rank.py), and its `env`."""
+        with self._lock:
+            self._start()
+        return [sys.executable, "-I", str(Path(__file__).with_name("warm_rank.py"))], {
+            **env, "SENTIMENT_DIST_WARM_SOCKET": self._socket}
 
     def _answer(self, timeout: float | None = None) -> dict | None:
         """The server's next answer, or None if none came in `timeout` seconds."""
@@ -117,8 +148,9 @@ class WarmPython:
 # -- the server ----------------------------------------------------------------------------------
 
 
-def _become(request: dict) -> int:
-    """In the forked child: be `python -m <module> <argv>` and return its exit code."""
+def _become(request: dict, stdio: tuple[int, ...]) -> int:
+    """In the forked child: be `python -m <module> <argv>` with `stdio` as fds 0-2, and return its
+    exit code."""
     import atexit
     import io
     import random
@@ -130,19 +162,16 @@ def _become(request: dict) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(target, fd)
-        os.close(target)
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)
+    for fd in set(stdio) - {0, 1, 2}:
+        os.close(fd)
     unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True, write_through=unbuffered)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), errors="backslashreplace", line_buffering=True)
     sys.path[0] = os.getcwd()  # what `python -m` puts first (here: this file's directory, tests/)
-    tempfile.tempdir = None  # TMPDIR is the test's
+    tempfile.tempdir = None  # TMPDIR is the job's
     random.seed()
     np.random.seed()
     sys.argv = [request["module"], *request["argv"]]
@@ -173,27 +202,126 @@ def _exit_code(code) -> int:
     return 1
 
 
-def serve() -> None:
+def _files(request: dict) -> tuple[int, ...]:
+    """A CLI job's stdio: no input, its output to the files the test reads."""
+    opened = [os.open(os.devnull, os.O_RDONLY)]
+    for path in (request["stdout"], request["stderr"]):
+        opened.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+    return tuple(opened)
+
+
+def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
+    """A rank client's request (a length-prefixed JSON) and its stdin, stdout and stderr."""
+    connection.settimeout(30)  # the client sends it all at once, right after connecting
+    data, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = connection.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("the client left before sending its whole request")
+        data += chunk
+    connection.settimeout(None)
+    return json.loads(data[4:]), fds
+
+
+def _say(answer: dict) -> None:
+    os.write(1, (json.dumps(answer) + "\n").encode())
+
+
+def _send(connection: socket.socket, answer: dict) -> None:
+    connection.sendall((json.dumps(answer) + "\n").encode())
+
+
+def serve(socket_path: str) -> None:
     import importlib
 
+    at_start = _read_at_start(dict(os.environ))  # before sentiment_dist sets its defaults
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(64)
     # sentiment_dist first: it keeps Keras from importing the libraries it never uses here.
-    for name in ("sentiment_dist", "tensorflow", "keras", "hydra", "omegaconf", "numpy", "pandas"):
-        importlib.import_module(name)
+    for name in ("sentiment_dist", "tensorflow", "keras", "hydra", "omegaconf", "numpy", "pandas", "horovod.tensorflow"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # Horovod not built: its jobs fail on their own, with the message set-up gives
+            pass
+    _say({"listening": socket_path})
 
-    for line in sys.stdin:
-        request = json.loads(line)
-        sys.stdout.flush()
+    # pid -> "stdin" for a CLI job; for a rank, its client's connection (None once the client is gone)
+    jobs: dict[int, socket.socket | str | None] = {}
+    pending = b""
+    stdin_open = True
+
+    def fork(request: dict, stdio: tuple[int, ...], connection: socket.socket | None = None) -> int:
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = _become(request)
+                for held in (listener, connection, *jobs.values()):
+                    if isinstance(held, socket.socket):
+                        held.close()
+                code = _become(request, stdio)
             finally:
                 os._exit(code)  # never back into this loop
-        print(json.dumps({"pid": pid}), flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"status": status}), flush=True)
+        for fd in stdio:
+            os.close(fd)
+        return pid
+
+    while stdin_open or jobs:
+        clients = {job.fileno(): (pid, job) for pid, job in jobs.items() if isinstance(job, socket.socket)}
+        ready = select.select([*([0] if stdin_open else []), listener, *clients], [], [], 0.05)[0]
+        if 0 in ready:
+            chunk = os.read(0, 65536)
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                request = json.loads(line)
+                pid = fork(request, _files(request))
+                jobs[pid] = "stdin"
+                _say({"pid": pid})
+            if not chunk:  # the test process is done: nothing waits for what is still running
+                stdin_open = False
+                for pid in jobs:
+                    os.kill(pid, signal.SIGKILL)
+        if listener in ready:
+            connection, _ = listener.accept()
+            try:
+                request, fds = _receive(connection)
+            except (OSError, ValueError) as error:
+                print(f"warm_python: a client's request was unreadable: {error}", file=sys.stderr)
+                connection.close()
+            else:
+                if _read_at_start(request["env"]) != at_start:
+                    for fd in fds:
+                        os.close(fd)
+                    _send(connection, {"fresh": "its start-up environment differs from this server's"})
+                    connection.close()
+                else:
+                    pid = fork(request, tuple(fds), connection)
+                    jobs[pid] = connection
+                    _send(connection, {"pid": pid})
+        for fd, (pid, connection) in clients.items():
+            if fd in ready and not connection.recv(1):  # the client died: it sends nothing after its request
+                os.kill(pid, signal.SIGKILL)
+                connection.close()
+                jobs[pid] = None
+        while jobs:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if not pid:
+                break
+            job = jobs.pop(pid, None)
+            if job == "stdin":
+                _say({"status": status})
+            elif isinstance(job, socket.socket):
+                try:
+                    _send(job, {"status": status})
+                except OSError:
+                    pass
+                job.close()
+    listener.close()
 
 
 if __name__ == "__main__":
-    serve()
+    serve(sys.argv[1])
