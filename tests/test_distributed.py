@@ -30,12 +30,12 @@ class CrashOnSecondStep(importlib.abc.MetaPathFinder):
         def exec_module(module):
             load(module)
             step, steps = module.Trainer._train_step, []
-            def crash_on_second(self, batch):
+            def crash_on_second(self, batch, *args, **kwargs):
                 steps.append(batch)
                 if len(steps) == 2:
                     sys.stderr.write("simulated crash on rank 1\\n")
                     os._exit(3)
-                return step(self, batch)
+                return step(self, batch, *args, **kwargs)
             module.Trainer._train_step = crash_on_second
         spec.loader.exec_module = exec_module
         return spec

@@ -89,7 +89,7 @@ def _batches(split: TokenizedSplit, order: np.ndarray, global_batch: int, shard:
 
     def load(number):
         tokens, labels, weights = tf.numpy_function(gather, [number], (tf.int32, tf.int32, tf.float32), stateful=False)
-        tokens.set_shape([end - begin, None])
+        tokens.set_shape([end - begin, None if by_length else split.width])  # the steps trace on this spec
         labels.set_shape([end - begin])
         weights.set_shape([end - begin])
         return tokens, labels, weights

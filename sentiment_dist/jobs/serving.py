@@ -271,9 +271,9 @@ def _by_length(run, batch_size: int):
 
     from sentiment_dist.data.pipeline import longest_first
     from sentiment_dist.data.tokens import tokenize_split
-    from sentiment_dist.runtime.distribute import graph_function
+    from sentiment_dist.runtime.distribute import TOKEN_ROWS, graph_function
 
-    score = graph_function(lambda tokens: run.classifier(tokens, training=False), reduce_retracing=True)
+    score = graph_function(lambda tokens: run.classifier(tokens, training=False), input_signature=[TOKEN_ROWS])
 
     def predict(texts: list[str]):
         split = tokenize_split(run.vectorizer, np.asarray(texts, dtype=object), np.zeros(len(texts), np.int32))

@@ -53,6 +53,10 @@ def graph_function(fn: Callable | None = None, **options: Any) -> Callable:
     return tf.function(fn, autograph=False, **options)
 
 
+# Scoring batches of token ids cut to their longest row: any number of rows, any length (one trace).
+TOKEN_ROWS = tf.TensorSpec([None, None], tf.int32)
+
+
 @dataclass(frozen=True)
 class InputShard:
     """What one input pipeline must produce: its slice of every global batch."""

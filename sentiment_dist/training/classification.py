@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -11,7 +12,7 @@ import tensorflow as tf
 from sentiment_dist.data.pipeline import evaluation_batches, longest_first
 from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.models.classifier import per_example_loss, predicted_class
-from sentiment_dist.runtime.distribute import Distribution, graph_function
+from sentiment_dist.runtime.distribute import TOKEN_ROWS, Distribution, graph_function
 from sentiment_dist.training.metrics import accuracy, classification_metrics, macro_f1
 
 # Binary classifiers: P(positive) is histogrammed in this many bins per true class to choose
@@ -44,12 +45,20 @@ class Evaluator:
                  by_length: bool = False):
         self.dist, self.model, self.num_classes, self.global_batch = dist, model, num_classes, global_batch
         self.by_length = by_length  # batches sorted by length and cut to their longest row
+        self._step, self._spec = None, None
 
-        @graph_function(reduce_retracing=True)  # by_length: one trace for every batch length
-        def step(batch, threshold):
-            return dist.reduce_sum(dist.run(self._replica_step, args=(*batch, threshold)))
+    def _step_for(self, spec) -> Callable:
+        """The evaluation step, traced once for every batch `spec` (the pipeline's) allows: a short
+        last batch and, by length, every length."""
+        if self._step is None or spec != self._spec:
+            dist = self.dist
 
-        self._step = step
+            def step(batch, threshold):
+                return dist.reduce_sum(dist.run(self._replica_step, args=(*batch, threshold)))
+
+            self._step = graph_function(step, input_signature=[spec, tf.TensorSpec([], tf.float32)])
+            self._spec = spec
+        return self._step
 
     def _replica_step(self, tokens, labels, weights, threshold):
         probabilities = self.model(tokens, training=False)
@@ -73,8 +82,9 @@ class Evaluator:
         batches = self.dist.distribute_dataset(
             lambda shard: evaluation_batches(split, self.global_batch, shard, self.by_length)
         )
+        step = self._step_for(batches.element_spec)
         for batch in batches:
-            batch_loss, batch_confusion, batch_scores = self._step(batch, tf.constant(threshold, tf.float32))
+            batch_loss, batch_confusion, batch_scores = step(batch, tf.constant(threshold, tf.float32))
             loss_sum += float(batch_loss)
             confusion += batch_confusion.numpy()
             scores += batch_scores.numpy()
@@ -116,7 +126,7 @@ def predict_probabilities(model: keras.Model, split: TokenizedSplit, batch_size:
 
     In one process (the transfer report's): it scores in batches of similar lengths cut to their
     longest row, as the evaluator does, and puts the rows back in order."""
-    score = graph_function(lambda tokens: model(tokens, training=False), reduce_retracing=True)
+    score = graph_function(lambda tokens: model(tokens, training=False), input_signature=[TOKEN_ROWS])
     order = longest_first(split.row_lengths)
     probabilities = np.empty((len(split), model.output_shape[-1]), np.float32)
     for start in range(0, len(order), batch_size):

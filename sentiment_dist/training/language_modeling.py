@@ -9,6 +9,7 @@ softmax, one review at a time to bound memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,12 +122,19 @@ class LanguageModelEvaluator:
 
     def __init__(self, dist: Distribution, model: LanguageModel, global_batch: int, by_length: bool = False):
         self.dist, self.model, self.global_batch, self.by_length = dist, model, global_batch, by_length
+        self._step, self._spec = None, None
 
-        @graph_function(reduce_retracing=True)
-        def step(batch):
-            return dist.reduce_sum(dist.run(self._replica_step, args=batch))
+    def _step_for(self, spec) -> Callable:
+        """The evaluation step, traced once for every batch `spec` (the pipeline's) allows."""
+        if self._step is None or spec != self._spec:
+            dist = self.dist
 
-        self._step = step
+            def step(batch):
+                return dist.reduce_sum(dist.run(self._replica_step, args=batch))
+
+            self._step = graph_function(step, input_signature=[spec])
+            self._spec = spec
+        return self._step
 
     def _replica_step(self, tokens, labels, weights):
         rows = []
@@ -149,6 +157,7 @@ class LanguageModelEvaluator:
         batches = self.dist.distribute_dataset(
             lambda shard: evaluation_batches(split, self.global_batch, shard, self.by_length)
         )
+        step = self._step_for(batches.element_spec)
         for batch in batches:
-            stats += self._step(batch).numpy()
+            stats += step(batch).numpy()
         return LanguageModelEvaluation(self.model.directions, stats)

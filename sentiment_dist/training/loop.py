@@ -21,6 +21,7 @@ and callbacks stay here, written once.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -129,7 +130,7 @@ class Trainer:
         self.model.stop_training = False
         dist.broadcast_variables(self.model.variables + self.optimizer.variables)
         self.anchors = self._anchors()
-        self._train_step_fn = None
+        self._train_step_fn, self._train_step_spec = None, None
         self.guard = preemption.Guard(self)  # fit() puts the strategy's own in place while it trains
         self.by_length = bool(cfg.batch_by_length)
         self.seconds_to_first_step: float | None = None  # process start to the first step's start: start-up
@@ -215,14 +216,20 @@ class Trainer:
         with tf.control_dependencies([reached]):
             return [tf.identity(g) for g in gradients]
 
-    def _train_step(self, batch):
-        if self._train_step_fn is None:
+    def _train_step(self, batch, spec=None):
+        """One step on `batch`, traced once for every batch `spec` allows. The loop gives the
+        pipeline's spec, which leaves the length open when batches are cut by length (a retrace for
+        each new shape cost about 1 s of CPU in every fine-tune stage); None: `batch`'s own shapes."""
+        if spec is None:
+            spec = tf.nest.map_structure(lambda value: tf.TensorSpec.from_tensor(tf.convert_to_tensor(value)), batch)
+        if self._train_step_fn is None or spec != self._train_step_spec:
 
             def step(batch):
                 return self.dist.reduce_sum(self.dist.run(self._replica_train_step, args=batch))
 
-            # by_length: one trace for every batch length; Horovod: the preemption vote rides along
-            self._train_step_fn = graph_function(self.guard.fuse(step), reduce_retracing=True)
+            # Horovod: the preemption vote rides along.
+            self._train_step_fn = graph_function(self.guard.fuse(step), input_signature=[spec])
+            self._train_step_spec = spec
         return self._train_step_fn(batch)
 
     def steps_taken(self) -> int:
@@ -356,12 +363,13 @@ class Trainer:
                     train, self.global_batch, self.seed, epoch, shard, self.by_length, start, order
                 )
             )
+            train_step = functools.partial(self._train_step, spec=batches.element_spec)
             for batch in batches:
                 step = position.examples // self.global_batch
                 if self.seconds_to_first_step is None:
                     self.seconds_to_first_step = process_age()
                 callback_list.on_train_batch_begin(step)
-                position.advance(self.guard.run(self._train_step, batch).numpy(), self.global_batch)
+                position.advance(self.guard.run(train_step, batch).numpy(), self.global_batch)
                 position.seconds = time.perf_counter() - started
                 running = self.task.progress(position.totals)
                 callback_list.on_train_batch_end(step, running)
