@@ -214,13 +214,20 @@ def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
     """A rank client's request (a length-prefixed JSON) and its stdin, stdout and stderr."""
     connection.settimeout(30)  # the client sends it all at once, right after connecting
     data, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
-    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
-        chunk = connection.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("the client left before sending its whole request")
-        data += chunk
-    connection.settimeout(None)
-    return json.loads(data[4:]), fds
+    try:
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            chunk = connection.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("the client left before sending its whole request")
+            data += chunk
+        if len(fds) != 3:
+            raise ValueError(f"{len(fds)} standard streams came with it, not 3")
+        connection.settimeout(None)
+        return json.loads(data[4:]), fds
+    except (OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def _say(answer: dict) -> None:
@@ -228,7 +235,19 @@ def _say(answer: dict) -> None:
 
 
 def _send(connection: socket.socket, answer: dict) -> None:
-    connection.sendall((json.dumps(answer) + "\n").encode())
+    """To a rank client; one that is gone (killed by its launcher) is noticed by the loop, not here."""
+    try:
+        connection.sendall((json.dumps(answer) + "\n").encode())
+    except OSError:
+        pass
+
+
+def _gone(connection: socket.socket) -> bool:
+    """Whether a client whose connection became readable has gone: it sends nothing after its request."""
+    try:
+        return not connection.recv(1)
+    except OSError:
+        return True
 
 
 def serve(socket_path: str) -> None:
@@ -286,7 +305,7 @@ def serve(socket_path: str) -> None:
             connection, _ = listener.accept()
             try:
                 request, fds = _receive(connection)
-            except (OSError, ValueError) as error:
+            except (OSError, ValueError) as error:  # the client then stops, saying the server went away
                 print(f"warm_python: a client's request was unreadable: {error}", file=sys.stderr)
                 connection.close()
             else:
@@ -300,7 +319,7 @@ def serve(socket_path: str) -> None:
                     jobs[pid] = connection
                     _send(connection, {"pid": pid})
         for fd, (pid, connection) in clients.items():
-            if fd in ready and not connection.recv(1):  # the client died: it sends nothing after its request
+            if fd in ready and _gone(connection):
                 os.kill(pid, signal.SIGKILL)
                 connection.close()
                 jobs[pid] = None
@@ -315,10 +334,7 @@ def serve(socket_path: str) -> None:
             if job == "stdin":
                 _say({"status": status})
             elif isinstance(job, socket.socket):
-                try:
-                    _send(job, {"status": status})
-                except OSError:
-                    pass
+                _send(job, {"status": status})
                 job.close()
     listener.close()
 
