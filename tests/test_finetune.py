@@ -8,14 +8,12 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import (
-    cli_env,
     finetune_main_job,
     horovodrun,
     module,
@@ -223,16 +221,18 @@ def test_a_transfer_report_stopped_by_sigterm_keeps_its_points_and_resumes_them(
     command = module("transfer_report", "debug=tiny", "trainer.verbose=false", f"finetune.source={source_run}",
                      "report.sizes=[64]", "report.schedules=[gradual]", "report.helpers=[]", "dataset.prepared=auto",
                      f"paths.prepared_dir={tmp_path}/prepared", f"hydra.run.dir={tmp_path}/run")
+    from test_preemption import held_at, wait_for
+
     points_file = tmp_path / "run" / "transfer_report_points.jsonl"
+    # The first fine-tune holds once its epochs are done until the SIGTERM has come: the report
+    # stops after that point, on any machine (polling for points raced the report's end).
+    env, held = held_at(tmp_path, "sigterm after_training rank=0")
     with open(tmp_path / "first.log", "w") as log:
-        launch, env = warm_ranks(command, cli_env())
+        launch, env = warm_ranks(command, env)
         report = subprocess.Popen(launch, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 240
-        while report.poll() is None and not (points_file.exists() and points_file.read_text().count("\n") >= 2):
-            assert time.monotonic() < deadline, "no transfer report point was written in 4 minutes"
-            time.sleep(0.2)
+        wait_for(held, report, tmp_path / "first.log")
         report.send_signal(signal.SIGTERM)
-        assert report.wait(timeout=120) != 0, "the report finished before it could be stopped; give it more work"
+        assert report.wait(timeout=600) != 0, "the report finished though it was stopped"
     finished = [json.loads(line)["method"] for line in points_file.read_text().splitlines()]
     assert finished and not (tmp_path / "run" / "transfer_report.json").exists()
     result = run(command, cwd=tmp_path)
