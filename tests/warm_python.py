@@ -1,10 +1,10 @@
 """`python -m sentiment_dist.<task>` without paying for the import of TensorFlow each time.
 
-Importing TensorFlow, Keras, Horovod, Hydra and pandas costs 3.5-7 s of CPU (by machine), and the
-suite runs about 140 CLI jobs and about 65 ranks of 2-process jobs. Each xdist worker keeps one
-server: a Python that has imported those libraries, and nothing of sentiment_dist beyond its
-package `__init__`. For each job it forks a child that becomes what `python -m
-sentiment_dist.<task> args...` would be: the job's working directory, environment, argv and
+Importing TensorFlow, Keras, Horovod, Hydra, pandas and matplotlib costs 3.5-7 s of CPU (by
+machine), and the suite runs about 150 CLI jobs and about 70 ranks of 2-process jobs. Each xdist
+worker keeps one server: a Python that has imported those libraries, and nothing of
+sentiment_dist beyond its package `__init__`. For each job it forks a child that becomes what
+`python -m sentiment_dist.<task> args...` would be: the job's working directory, environment, argv and
 `sys.path[0]`; its stdin, stdout and stderr; freshly seeded `random` and `numpy.random`; no cached
 temporary directory. The task module and everything it imports of sentiment_dist then run in the
 child, fresh, as in a new interpreter; the child exits through the interpreter's own sequence
@@ -263,6 +263,12 @@ def serve(socket_path: str) -> None:
             importlib.import_module(name)
         except ImportError:  # Horovod not built: its jobs fail on their own, with the message set-up gives
             pass
+    # Every run dir gets plots, on the file-only backend the jobs choose (jobs/plots.py): about
+    # 0.5 s of imports that each job would pay again.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    importlib.import_module("matplotlib.pyplot")
     _say({"listening": socket_path})
 
     # pid -> "stdin" for a CLI job; for a rank, its client's connection (None once the client is gone)
