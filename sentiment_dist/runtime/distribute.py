@@ -57,6 +57,28 @@ def graph_function(fn: Callable | None = None, **options: Any) -> Callable:
 TOKEN_ROWS = tf.TensorSpec([None, None], tf.int32)
 
 
+class TracedPerSpec:
+    """The step `trace(spec)` builds, traced again only when the batch spec changes.
+
+    Steps are given the pipeline's `element_spec`, which leaves the length open when batches are
+    cut by length and the row count open for a short last batch: one trace for all of them (a
+    retrace for each new shape cost about 1 s of CPU in every fine-tune stage). `reset()` when what
+    the step closes over changed (the trainable groups, the world size, the preemption guard)."""
+
+    def __init__(self, trace: Callable[[Any], Callable]):
+        self._trace = trace
+        self._step: Callable | None = None
+        self._spec = None
+
+    def __call__(self, spec) -> Callable:
+        if self._step is None or spec != self._spec:
+            self._step, self._spec = self._trace(spec), spec
+        return self._step
+
+    def reset(self) -> None:
+        self._step = None
+
+
 @dataclass(frozen=True)
 class InputShard:
     """What one input pipeline must produce: its slice of every global batch."""

@@ -12,7 +12,7 @@ import tensorflow as tf
 from sentiment_dist.data.pipeline import evaluation_batches, longest_first
 from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.models.classifier import per_example_loss, predicted_class
-from sentiment_dist.runtime.distribute import TOKEN_ROWS, Distribution, graph_function
+from sentiment_dist.runtime.distribute import TOKEN_ROWS, Distribution, TracedPerSpec, graph_function
 from sentiment_dist.training.metrics import accuracy, classification_metrics, macro_f1
 
 # Binary classifiers: P(positive) is histogrammed in this many bins per true class to choose
@@ -45,20 +45,17 @@ class Evaluator:
                  by_length: bool = False):
         self.dist, self.model, self.num_classes, self.global_batch = dist, model, num_classes, global_batch
         self.by_length = by_length  # batches sorted by length and cut to their longest row
-        self._step, self._spec = None, None
+        self._step_for = TracedPerSpec(self._trace)
 
-    def _step_for(self, spec) -> Callable:
-        """The evaluation step, traced once for every batch `spec` (the pipeline's) allows: a short
-        last batch and, by length, every length."""
-        if self._step is None or spec != self._spec:
-            dist = self.dist
+    def _trace(self, spec) -> Callable:
+        """The evaluation step for batches of `spec` (the pipeline's: a short last batch and, by
+        length, every length in one trace)."""
+        dist = self.dist
 
-            def step(batch, threshold):
-                return dist.reduce_sum(dist.run(self._replica_step, args=(*batch, threshold)))
+        def step(batch, threshold):
+            return dist.reduce_sum(dist.run(self._replica_step, args=(*batch, threshold)))
 
-            self._step = graph_function(step, input_signature=[spec, tf.TensorSpec([], tf.float32)])
-            self._spec = spec
-        return self._step
+        return graph_function(step, input_signature=[spec, tf.TensorSpec([], tf.float32)])
 
     def _replica_step(self, tokens, labels, weights, threshold):
         probabilities = self.model(tokens, training=False)

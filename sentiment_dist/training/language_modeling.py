@@ -18,7 +18,7 @@ import tensorflow as tf
 from sentiment_dist.data.pipeline import evaluation_batches
 from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.models.language_model import LanguageModel
-from sentiment_dist.runtime.distribute import Distribution, graph_function
+from sentiment_dist.runtime.distribute import Distribution, TracedPerSpec, graph_function
 
 
 def targets(tokens, direction: str):
@@ -122,19 +122,16 @@ class LanguageModelEvaluator:
 
     def __init__(self, dist: Distribution, model: LanguageModel, global_batch: int, by_length: bool = False):
         self.dist, self.model, self.global_batch, self.by_length = dist, model, global_batch, by_length
-        self._step, self._spec = None, None
+        self._step_for = TracedPerSpec(self._trace)
 
-    def _step_for(self, spec) -> Callable:
-        """The evaluation step, traced once for every batch `spec` (the pipeline's) allows."""
-        if self._step is None or spec != self._spec:
-            dist = self.dist
+    def _trace(self, spec) -> Callable:
+        """The evaluation step for batches of `spec` (the pipeline's)."""
+        dist = self.dist
 
-            def step(batch):
-                return dist.reduce_sum(dist.run(self._replica_step, args=batch))
+        def step(batch):
+            return dist.reduce_sum(dist.run(self._replica_step, args=batch))
 
-            self._step = graph_function(step, input_signature=[spec])
-            self._spec = spec
-        return self._step
+        return graph_function(step, input_signature=[spec])
 
     def _replica_step(self, tokens, labels, weights):
         rows = []

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.data.pipeline import training_batches
 from sentiment_dist.data.tokens import TokenizedSplit
-from sentiment_dist.runtime.distribute import Distribution, HorovodDistribution, graph_function
+from sentiment_dist.runtime.distribute import Distribution, HorovodDistribution, TracedPerSpec, graph_function
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.training import faults, preemption
 from sentiment_dist.training.checkpoint import Checkpointer, History
@@ -130,7 +130,7 @@ class Trainer:
         self.model.stop_training = False
         dist.broadcast_variables(self.model.variables + self.optimizer.variables)
         self.anchors = self._anchors()
-        self._train_step_fn, self._train_step_spec = None, None
+        self._train_step_for = TracedPerSpec(self._trace_train_step)
         self.guard = preemption.Guard(self)  # fit() puts the strategy's own in place while it trains
         self.by_length = bool(cfg.batch_by_length)
         self.seconds_to_first_step: float | None = None  # process start to the first step's start: start-up
@@ -167,7 +167,7 @@ class Trainer:
             for group in self.groups:
                 group.optimizer.learning_rate = float(keras.ops.convert_to_numpy(group.optimizer.learning_rate)) * ratio
         self.global_batch = global_batch
-        self._train_step_fn = None
+        self._train_step_for.reset()
         self.evaluator = self.task.evaluator(self.dist, self.model, self.global_batch, self.by_length)
         return ratio
 
@@ -175,7 +175,7 @@ class Trainer:
         """Train only the named groups; the others keep their weights bit for bit."""
         for group in self.groups:
             group.trainable = group.name in names
-        self._train_step_fn = None  # retrace with the new set
+        self._train_step_for.reset()  # retrace with the new set
 
     # -- steps ------------------------------------------------------------
     def _replica_train_step(self, *batch):
@@ -217,20 +217,18 @@ class Trainer:
             return [tf.identity(g) for g in gradients]
 
     def _train_step(self, batch, spec=None):
-        """One step on `batch`, traced once for every batch `spec` allows. The loop gives the
-        pipeline's spec, which leaves the length open when batches are cut by length (a retrace for
-        each new shape cost about 1 s of CPU in every fine-tune stage); None: `batch`'s own shapes."""
+        """One step on `batch`, traced for `spec` (the loop gives the pipeline's); None: `batch`'s
+        own shapes."""
         if spec is None:
             spec = tf.nest.map_structure(lambda value: tf.TensorSpec.from_tensor(tf.convert_to_tensor(value)), batch)
-        if self._train_step_fn is None or spec != self._train_step_spec:
+        return self._train_step_for(spec)(batch)
 
-            def step(batch):
-                return self.dist.reduce_sum(self.dist.run(self._replica_train_step, args=batch))
+    def _trace_train_step(self, spec) -> Callable:
+        def step(batch):
+            return self.dist.reduce_sum(self.dist.run(self._replica_train_step, args=batch))
 
-            # Horovod: the preemption vote rides along.
-            self._train_step_fn = graph_function(self.guard.fuse(step), input_signature=[spec])
-            self._train_step_spec = spec
-        return self._train_step_fn(batch)
+        # Horovod: the preemption vote rides along.
+        return graph_function(self.guard.fuse(step), input_signature=[spec])
 
     def steps_taken(self) -> int:
         """Training steps so far, resumed runs included (the head's optimizer steps every time)."""
@@ -323,14 +321,16 @@ class Trainer:
         self.fitting = True
         try:
             with self._guard(checkpointer, describe, (callbacks, callback_list)) as guard:
-                self.guard, self._train_step_fn = guard, None  # Horovod traces its preemption vote into the step
+                self.guard = guard
+                self._train_step_for.reset()  # Horovod traces its preemption vote into the step
                 return guard.train(
                     lambda: self._epochs(train, validation, epochs, callback_list, checkpointer, schedule),
                     end, lambda: then(history) if then else history,
                 )
         finally:
             self.fitting = False
-            self.guard, self._train_step_fn = preemption.Guard(self), None
+            self.guard = preemption.Guard(self)
+            self._train_step_for.reset()
 
     def _guard(self, checkpointer: Checkpointer, describe: Callable[[], str], callbacks: tuple) -> preemption.Guard:
         """The preemption guard for this strategy; the base one when there is nowhere to save.
