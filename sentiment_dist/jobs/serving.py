@@ -266,23 +266,15 @@ def load_predictor(path: str, batch_size: int):
 
 def _by_length(run, batch_size: int):
     """texts -> probabilities, as `run.model` scores them, in batches of similar lengths cut to
-    their longest text: at 800 tokens most of each padded row is padding, which is masked anyway."""
+    their longest text."""
     import numpy as np
 
-    from sentiment_dist.data.pipeline import longest_first
     from sentiment_dist.data.tokens import tokenize_split
-    from sentiment_dist.runtime.distribute import TOKEN_ROWS, graph_function
+    from sentiment_dist.training.classification import length_sorted_scorer
 
-    score = graph_function(lambda tokens: run.classifier(tokens, training=False), input_signature=[TOKEN_ROWS])
+    score = length_sorted_scorer(run.classifier, batch_size)
 
     def predict(texts: list[str]):
-        split = tokenize_split(run.vectorizer, np.asarray(texts, dtype=object), np.zeros(len(texts), np.int32))
-        order = longest_first(split.row_lengths)
-        probabilities = np.empty((len(texts), run.classifier.output_shape[-1]), np.float32)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]  # its first row is its longest
-            longest = max(int(split.row_lengths[rows[0]]), 1)
-            probabilities[rows] = score(split.rows(rows, longest)).numpy()
-        return probabilities
+        return score(tokenize_split(run.vectorizer, np.asarray(texts, dtype=object), np.zeros(len(texts), np.int32)))
 
     return predict

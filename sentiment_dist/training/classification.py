@@ -118,16 +118,27 @@ class ClassificationTask:
         return {"val_loss": result.loss, "val_accuracy": result.accuracy, "val_macro_f1": macro_f1(result.confusion)}
 
 
-def predict_probabilities(model: keras.Model, split: TokenizedSplit, batch_size: int = 256) -> np.ndarray:
-    """Every example's probabilities (`[n, 1]` P(positive) for two classes), in the split's order.
+def length_sorted_scorer(model: keras.Model, batch_size: int = 256) -> Callable[[TokenizedSplit], np.ndarray]:
+    """split -> every example's probabilities (`[n, 1]` P(positive) for two classes), in the
+    split's order, in one process (the transfer report's, `predict`'s).
 
-    In one process (the transfer report's): it scores in batches of similar lengths cut to their
-    longest row, as the evaluator does, and puts the rows back in order."""
+    It scores in batches of similar lengths cut to their longest row, as the evaluator does (at
+    800 tokens most of a padded row is padding, masked anyway), and puts the rows back in order.
+    One trace serves every split it is given."""
     score = graph_function(lambda tokens: model(tokens, training=False), input_signature=[TOKEN_ROWS])
-    order = longest_first(split.row_lengths)
-    probabilities = np.empty((len(split), model.output_shape[-1]), np.float32)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]  # its first row is its longest
-        longest = max(int(split.row_lengths[rows[0]]), 1)
-        probabilities[rows] = score(split.rows(rows, longest)).numpy()
-    return probabilities
+
+    def probabilities_of(split: TokenizedSplit) -> np.ndarray:
+        order = longest_first(split.row_lengths)
+        probabilities = np.empty((len(split), model.output_shape[-1]), np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]  # its first row is its longest
+            longest = max(int(split.row_lengths[rows[0]]), 1)
+            probabilities[rows] = score(split.rows(rows, longest)).numpy()
+        return probabilities
+
+    return probabilities_of
+
+
+def predict_probabilities(model: keras.Model, split: TokenizedSplit) -> np.ndarray:
+    """`split`'s probabilities under `model`, scored once (see `length_sorted_scorer`)."""
+    return length_sorted_scorer(model)(split)
