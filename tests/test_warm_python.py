@@ -102,6 +102,14 @@ while True:
 """
 
 
+def running(pid: int) -> bool:
+    """Neither gone nor a zombie. Read once: the server may reap it between two reads."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.parametrize("ending", ["sigterm-forwarded", "kill-itself", "client-killed"])
 def test_a_warm_rank_passes_signals_on_and_ends_as_the_rank_ended(warm, ending, tmp_path):
     """What a launcher sees of a rank forked through tests/warm_rank.py: its SIGTERM reaches the
@@ -125,7 +133,7 @@ def test_a_warm_rank_passes_signals_on_and_ends_as_the_rank_ended(warm, ending, 
     else:
         job.kill()
         assert job.wait(timeout=120) == -signal.SIGKILL
-        while Path(f"/proc/{rank}").exists() and "\nState:\tZ" not in Path(f"/proc/{rank}/status").read_text(errors="replace"):
+        while running(rank):
             time.sleep(0.05)  # the server kills it when the connection drops; the session timeout guards a hang
     assert launch(warm, "rank", "code", tmp_path).returncode == 3  # the server carries on
 
