@@ -6,7 +6,9 @@ these tests too. Files are tiny and written per test; no network, no TensorFlow.
 
 from __future__ import annotations
 
+import gzip
 import io
+import lzma
 import subprocess
 import sys
 import tarfile
@@ -139,6 +141,28 @@ def test_unparseable_files_are_user_errors(tmp_path, name, content, reason):
     path.write_bytes(content)
     message = error(config(path=str(path)))
     assert message.startswith(f"dataset.path={path} cannot be read as ") and reason in message
+
+
+def damaged(tmp_path: Path, name: str, data: bytes) -> Path:
+    """`data` compressed by `name`'s extension, cut in half ("cut") or with bytes flipped in the
+    middle ("corrupt"), as a broken download or copy leaves it."""
+    packed = bytearray(lzma.compress(data) if name.endswith(".xz") else gzip.compress(data))
+    if name.startswith("cut"):
+        packed = packed[:len(packed) // 2]
+    else:
+        middle = len(packed) // 2
+        packed[middle:middle + 64] = bytes(b ^ 0xFF for b in packed[middle:middle + 64])
+    path = tmp_path / name
+    path.write_bytes(bytes(packed))
+    return path
+
+
+@pytest.mark.parametrize("name", ["cut.csv.gz", "corrupt.csv.gz", "cut.csv.xz", "cut.jsonl.gz"])
+def test_a_damaged_compressed_file_is_one_sentence(tmp_path, name):
+    frame = reviews(4000)
+    data = (frame.to_json(orient="records", lines=True) if "jsonl" in name else frame.to_csv(index=False)).encode()
+    path = damaged(tmp_path, name, data)
+    assert error(config(path=str(path))).startswith(f"dataset.path={path} is a damaged or cut-short compressed file (")
 
 
 @pytest.mark.parametrize("content, line, fields", [

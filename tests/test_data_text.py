@@ -65,6 +65,7 @@ def test_compressed_files_directories_and_tables(tmp_path):
         ("latin1", {}, "is not valid utf-8 (byte 0xe9); set dataset.encoding"),
         ("jsonl", {"text_columns": ["review"]}, "has no column 'review'"),
         ("three_lines", {}, "leaves no validation text"),
+        ("cut_gz", {}, "is a damaged or cut-short compressed file (Compressed file ended"),
     ],
 )
 def test_bad_text_input_is_one_sentence(tmp_path, setup, overrides, message):
@@ -80,6 +81,10 @@ def test_bad_text_input_is_one_sentence(tmp_path, setup, overrides, message):
     elif setup == "three_lines":
         path = tmp_path / "r.txt"
         path.write_text("\n".join(LINES[:3]))
+    elif setup == "cut_gz":  # a download cut short
+        path = tmp_path / "r.txt.gz"
+        packed = gzip.compress("\n".join(LINES * 50).encode())
+        path.write_bytes(packed[:len(packed) // 2])
     cfg = config("text", path=str(path))
     for key, value in overrides.items():
         cfg[key] = str(tmp_path / value) if key == "path" and value else value

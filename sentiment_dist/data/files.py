@@ -16,6 +16,7 @@ import gzip
 import lzma
 import os
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -30,6 +31,8 @@ EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
               ".parquet": "parquet", ".pq": "parquet"}
 # pandas decompresses these by extension; the openers let a decode error report a true byte offset.
 OPENERS: dict[str, Callable] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# What a compressed file cut short or corrupted raises while it is read (a damaged .bz2 raises a plain OSError).
+DAMAGED_COMPRESSED = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 _ROLES = ("train", "validation", "test")
 CHUNK_ROWS = 65536  # rows read at a time: a file of millions of reviews is never in memory at once
 
@@ -222,10 +225,17 @@ def read_chunks(path: str, key: str, fmt: str | None, encoding: str,
         raise _decode_error(path, key, encoding, err) from None
     except LookupError:
         raise UserError(f"dataset.encoding={encoding!r} is not a known encoding; use e.g. utf-8 or latin-1.") from None
+    except DAMAGED_COMPRESSED as err:
+        raise damaged_compressed(path, f"dataset.{key}", err) from None
     except (ValueError, OSError) as err:  # pandas ParserError/EmptyDataError, bad JSON, ArrowInvalid
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"dataset.{key}={path} cannot be read as {fmt} ({reason}); fix the file or set "
                         "dataset.format.") from None
+
+
+def damaged_compressed(path: str, setting: str, err: BaseException) -> UserError:
+    return UserError(f"{setting}={path} is a damaged or cut-short compressed file ({str(err) or type(err).__name__}); "
+                     "copy or download it again, or point the setting at the uncompressed file.")
 
 
 def _read_delimited(path: str, key: str, separator: str, encoding: str, chunk_rows: int) -> Iterator[pd.DataFrame]:

@@ -22,8 +22,10 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.data.files import (
+    DAMAGED_COMPRESSED,
     EXTENSIONS,
     OPENERS,
+    damaged_compressed,
     joined_text,
     read_table,
     sample_rows,
@@ -91,5 +93,7 @@ def _read(path: str, encoding: str, whole: bool) -> str | list[str]:
                         "to the file's encoding (e.g. latin-1).") from None
     except LookupError:
         raise UserError(f"dataset.encoding={encoding!r} is not a known encoding; use e.g. utf-8 or latin-1.") from None
+    except DAMAGED_COMPRESSED as err:
+        raise damaged_compressed(path, "dataset.path", err) from None
     except OSError as err:
         raise UserError(f"{path} cannot be read ({err.strerror or type(err).__name__}); check the file.") from None
