@@ -311,6 +311,9 @@ def test_prepare_never_writes_into_a_directory_that_is_not_a_store(tmp_path):
         with pytest.raises(UserError, match=f"{tmp_path}/{taken} already exists and is not a prepared store; set "
                                             "prepare.out to a new directory"):
             prepare_into(tmp_path / taken)
+    with pytest.raises(UserError, match=f"cannot write the prepared store {tmp_path}/a_file/store \\(a file stands where "
+                                        "a directory must be\\); move the file out of the way or set prepare.out"):
+        prepare_into(tmp_path / "a_file" / "store")  # a path through a file
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep" and (tmp_path / "a_file").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine", "r.csv"]  # no scratch left either
     (tmp_path / "empty").mkdir()  # an empty directory, as `mkdir` before a job makes it, is used

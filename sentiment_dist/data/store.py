@@ -55,7 +55,7 @@ from sentiment_dist.data.tokenizer import (
 from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.data.types import Resolved
 from sentiment_dist.runtime.errors import UserError
-from sentiment_dist.runtime.io import atomic_write_json, atomic_write_text, disk_error
+from sentiment_dist.runtime.io import atomic_write_json, atomic_write_text, disk_error, remedy
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +324,8 @@ def prepare(cfg: DictConfig, request: VocabularyRequest, out: str | None, cache_
         shutil.rmtree(temp, ignore_errors=True)
         reason = disk_error(err)
         if reason:
-            raise UserError(f"cannot write the prepared store {path} ({reason}); free space on that disk or set "
-                            "prepare.out (or paths.prepared_dir) to another, then prepare again.") from None
+            raise UserError(f"cannot write the prepared store {path} ({reason}); {remedy(reason)} or set prepare.out "
+                            "(or paths.prepared_dir) to another place, then prepare again.") from None
         raise
     return path, False
 

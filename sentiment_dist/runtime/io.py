@@ -34,22 +34,42 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     except BaseException as err:
         if temp and os.path.exists(temp):
             os.remove(temp)
-        if disk_error(err):
-            raise UserError(f"cannot write {path} ({disk_error(err)}); free space on that disk or point "
-                            "paths.log_dir at another, then rerun: a run resumes from its last checkpoint.") from None
+        reason = disk_error(err)
+        if reason:
+            raise UserError(f"cannot write {path} ({reason}); {remedy(reason)} or point paths.log_dir at another, then "
+                            "rerun: a run resumes from its last checkpoint.") from None
         raise
 
 
+_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded", errno.EFBIG: "File too large"}
+_REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
+_FILE_IN_THE_WAY = "a file stands where a directory must be"
+
+
 def disk_error(err: BaseException) -> str | None:
-    """The reason when `err` (or what caused it: h5py and Keras wrap it) is the disk's fault."""
+    """The reason when `err` (or what caused it: h5py and Keras wrap it) is the location's fault,
+    not a bug: a full disk, a read-only one or no permission, or a file where a directory must be
+    (makedirs raises EEXIST for it, opening a path through it ENOTDIR)."""
     while err is not None:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES):
-            return err.strerror or str(err)
-        for reason in ("No space left on device", "Disk quota exceeded", "File too large", "Read-only file system"):
+        if isinstance(err, OSError):
+            if err.errno in _FULL or err.errno in _REFUSED:
+                return err.strerror or str(err)
+            if err.errno in (errno.ENOTDIR, errno.EEXIST):
+                return _FILE_IN_THE_WAY
+        for reason in (*_FULL.values(), "Read-only file system", "Permission denied"):
             if reason in str(err):  # TensorFlow's errors carry the reason in their text only
                 return reason
         err = err.__cause__ or err.__context__
     return None
+
+
+def remedy(reason: str) -> str:
+    """What the user can do about `reason` (from disk_error), to start a sentence's advice."""
+    if reason in _FULL.values():
+        return "free space on that disk"
+    if reason == _FILE_IN_THE_WAY:
+        return "move the file out of the way"
+    return "make that location writable"
 
 
 def first_missing(path: str) -> str | None:

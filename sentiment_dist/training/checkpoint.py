@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.runtime.errors import UserError
-from sentiment_dist.runtime.io import atomic_write_json, disk_error, read_json
+from sentiment_dist.runtime.io import atomic_write_json, disk_error, read_json, remedy
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +227,11 @@ class Checkpointer(keras.callbacks.Callback):
                 return manager.save(checkpoint_number=int(latest.rsplit("-", 1)[1]) + 1 if latest else 1)
             tf.train.CheckpointManager(self.checkpoint, write_dir, max_to_keep=1).save()  # a worker's scratch copy
         except (tf.errors.OpError, OSError) as err:
-            if not disk_error(err):
+            reason = disk_error(err)
+            if not reason:
                 raise
-            raise UserError(f"cannot save a checkpoint in {write_dir} ({disk_error(err)}); free space on "
-                            "that disk or point paths.log_dir at another.") from None
+            raise UserError(f"cannot save a checkpoint in {write_dir} ({reason}); {remedy(reason)} or point "
+                            "paths.log_dir at another.") from None
         finally:
             if write_dir != self.directory:
                 shutil.rmtree(write_dir, ignore_errors=True)
