@@ -216,7 +216,8 @@ def test_a_store_that_is_not_what_the_job_reads_is_refused_in_one_sentence(tmp_p
     assert f"{path} changed since the store" in refusal(cfg)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "no manifest", "missing"])
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "no manifest", "edited manifest", "not a manifest",
+                                    "missing", "a file"])
 def test_a_damaged_store_is_found_before_training(tmp_path, damage):
     cfg = train_cfg("dataset=csv", f"dataset.path={write_reviews(tmp_path / 'r.csv')}")
     store_path, _ = prepared(cfg, tmp_path)
@@ -234,6 +235,19 @@ def test_a_damaged_store_is_found_before_training(tmp_path, damage):
     elif damage == "no manifest":  # what a killed prepare looks like, were it renamed
         os.remove(os.path.join(store_path, MANIFEST))
         expected = "is not a finished prepared store"
+    elif damage == "edited manifest":  # by hand: a third class would train a three-way head on two-class labels
+        manifest = read_json(os.path.join(store_path, MANIFEST))
+        manifest["label_names"].append("neutral")
+        with open(os.path.join(store_path, MANIFEST), "w") as handle:
+            json.dump(manifest, handle)
+        expected = f"damaged: {MANIFEST} was changed after prepare wrote it"
+    elif damage == "not a manifest":
+        with open(os.path.join(store_path, MANIFEST), "w") as handle:
+            json.dump([1, 2], handle)
+        expected = "is not a prepared store's manifest \\(it holds a list\\)"
+    elif damage == "a file":
+        store_path = str(tmp_path / "r.csv")
+        expected = "is a file; set it to the directory"
     else:
         store_path += "-elsewhere"
         expected = "does not exist; run `python -m sentiment_dist.prepare`"

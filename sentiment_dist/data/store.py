@@ -55,12 +55,13 @@ from sentiment_dist.data.tokenizer import (
 from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.data.types import Resolved
 from sentiment_dist.runtime.errors import UserError
-from sentiment_dist.runtime.io import atomic_write_json, atomic_write_text, disk_error, remedy
+from sentiment_dist.runtime.io import atomic_write_json, atomic_write_text, disk_error, jsonable, remedy
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: the manifest carries its own hash
 MANIFEST = "manifest.json"
+MANIFEST_HASH = "manifest_sha256"
 VOCABULARY = "vocabulary.txt"
 SPLITS = ("train", "validation", "test")
 TOKENIZER = {"standardize": STANDARDIZE, "punctuation": PUNCTUATION, "split": "whitespace", "lower": "ascii"}
@@ -310,6 +311,8 @@ def prepare(cfg: DictConfig, request: VocabularyRequest, out: str | None, cache_
             "content_sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
             "workers": workers, "prepare_seconds": round(time.perf_counter() - started, 2),
         }
+        manifest = json.loads(json.dumps(manifest, default=jsonable))  # as it will be read back
+        manifest[MANIFEST_HASH] = manifest_sha256(manifest)
         atomic_write_json(os.path.join(temp, MANIFEST), manifest)
         try:
             os.rename(temp, path)
@@ -346,6 +349,9 @@ def _remove_abandoned(path: str) -> None:
 
 def read_manifest(path: str) -> dict:
     manifest = os.path.join(path, MANIFEST)
+    if os.path.isfile(path):
+        raise UserError(f"dataset.prepared={path} is a file; set it to the directory `python -m sentiment_dist.prepare` "
+                        "wrote (it prints the path), or to auto.")
     if not os.path.isdir(path):
         raise UserError(f"dataset.prepared={path} does not exist; run `python -m sentiment_dist.prepare` with this "
                         "run's dataset and model settings, or set dataset.prepared=auto.")
@@ -357,10 +363,23 @@ def read_manifest(path: str) -> dict:
             found = json.load(handle)
     except (OSError, ValueError) as err:
         raise UserError(f"{manifest} cannot be read ({type(err).__name__}); prepare the store again.") from None
+    if not isinstance(found, dict):
+        raise UserError(f"{manifest} is not a prepared store's manifest (it holds a {type(found).__name__}); prepare "
+                        "the store again.")
     if found.get("format") != STORE_FORMAT:
         raise UserError(f"{path} is a prepared store of format {found.get('format')}, this version reads format "
                         f"{STORE_FORMAT}; prepare it again.")
+    if found.get(MANIFEST_HASH) != manifest_sha256(found):
+        # Its counts and label names are trusted from here on: an edited one would train a wrong head.
+        raise UserError(f"the prepared store {path} is damaged: {MANIFEST} was changed after prepare wrote it (it no "
+                        "longer matches its own SHA-256); prepare the store again.")
     return found
+
+
+def manifest_sha256(manifest: dict) -> str:
+    """The SHA-256 of everything in `manifest` but this hash itself."""
+    fields = {key: value for key, value in manifest.items() if key != MANIFEST_HASH}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass

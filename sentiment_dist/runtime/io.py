@@ -92,10 +92,11 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def atomic_write_json(path: str, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=jsonable) + "\n")
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """numpy values as the plain ones JSON writes (`json.dumps(..., default=jsonable)`)."""
     if hasattr(value, "tolist"):
         return value.tolist()
     if hasattr(value, "item"):
