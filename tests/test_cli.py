@@ -7,6 +7,7 @@ import re
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import PYTHON, TINY, cli_env, module, quiet, read_json, run, trained_classifier
 
@@ -53,6 +54,16 @@ def test_evaluate_reproduces_the_test_metrics(trained, tmp_path):
 def test_evaluate_on_data_with_other_labels_is_a_user_error(trained, tmp_path):
     result = run(module("evaluate", f"run_dir={trained}", "dataset=synthetic_ecommerce", "dataset.num_classes=3"), cwd=tmp_path, check=False)
     assert result.returncode == 2 and "differ from the model's" in result.stderr
+
+
+def test_evaluate_scores_a_file_of_one_class(trained, tmp_path):
+    """A held-out file of positive reviews only: its test split is scored (refusing one class is for training)."""
+    reviews = pd.DataFrame({"text": [f"a wonderful film, loved it {i}" for i in range(50)], "label": "positive"})
+    reviews.to_csv(tmp_path / "positive.csv", index=False)
+    run(module("evaluate", f"run_dir={trained}", "dataset=csv", f"dataset.path={tmp_path}/positive.csv",
+               "dataset.label_mapping.classes=[negative,positive]", f"hydra.run.dir={tmp_path}/evaluation"), cwd=tmp_path)
+    test = read_json(tmp_path / "evaluation" / "metrics.json")["test"]
+    assert test["examples"] == 10 and test["per_class"]["negative"]["support"] == 0  # the 20% test split
 
 
 def predicted_labels(stdout: str) -> list[str]:

@@ -323,10 +323,12 @@ def test_ratings_errors(tmp_path):
                        "use type=names for text labels.")
 
 
-def test_one_class_in_training_data(tmp_path):
+def test_one_class_loads_for_evaluation(tmp_path):
+    """Scoring a file of one class is fine; training on one is refused where a classifier's inputs are
+    built (test_store: test_training_data_of_one_class_is_refused_in_one_sentence)."""
     path = str(write(reviews(40, ("positive",)), tmp_path / "d.csv"))
-    assert error(config(path=path)) == ("the training data holds only class ['positive']; a classifier needs two or "
-                                        "more, so check dataset.label_column and dataset.label_mapping.")
+    data = load_files(config(path=path, label_mapping__classes=["negative", "positive"]))
+    assert data.label_names == ["negative", "positive"] and set(data.test.labels) == {1}
 
 
 # --- splits --------------------------------------------------------------------

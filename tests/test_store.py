@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 
@@ -214,6 +215,17 @@ def test_a_store_that_is_not_what_the_job_reads_is_refused_in_one_sentence(tmp_p
         train_cfg("dataset=csv", f"dataset.path={path}", "dataset.split.seed=7"))
     os.utime(path, (1, 1))  # the input changed after the store was made
     assert f"{path} changed since the store" in refusal(cfg)
+
+
+@pytest.mark.parametrize("from_store", [False, True])
+def test_training_data_of_one_class_is_refused_in_one_sentence(tmp_path, from_store):
+    path = tmp_path / "r.csv"
+    pd.DataFrame({"text": [f"fine review {i}" for i in range(60)], "label": "pos"}).to_csv(path, index=False)
+    cfg = train_cfg("dataset=csv", f"dataset.path={path}")
+    if from_store:
+        cfg = composed_with_store(cfg, prepared(cfg, tmp_path)[0])
+    with pytest.raises(UserError, match=re.escape("the training data holds only class ['pos']; a classifier needs two")):
+        classifier_inputs(cfg, SINGLE)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped byte", "no manifest", "edited manifest", "not a manifest",

@@ -160,10 +160,6 @@ def assemble(parts: dict[str, tuple[np.ndarray, np.ndarray]], label_names: list[
     if len(pieces[-1]) == 0:
         raise UserError("dataset.split.validation_fraction and test_fraction leave no training rows; lower them.")
     parts["train"] = (train_rows[pieces[-1]], train_labels[pieces[-1]])
-    present = sorted(np.unique(parts["train"][1]).tolist())
-    if len(present) < 2:
-        raise UserError(f"the training data holds only class {[label_names[i] for i in present]}; a classifier needs "
-                        "two or more, so check dataset.label_column and dataset.label_mapping.")
     return Resolved(rows={role: np.asarray(parts[role][0], np.int64) for role in _ROLES},
                     labels={role: np.asarray(parts[role][1], np.int32) for role in _ROLES},
                     label_names=label_names, stats=stats)

@@ -124,6 +124,10 @@ def classifier_inputs(cfg: DictConfig, dist: Distribution, request: VocabularyRe
         vocabulary = dist.shared(lambda: request.for_texts(data.train.texts))
         encoder = Encoder(vocabulary)
         splits = Splits(*(encoder.split(getattr(data, role).texts, getattr(data, role).labels, width) for role in SPLITS))
+    present = np.flatnonzero(np.bincount(np.asarray(splits.train.labels), minlength=len(label_names)))
+    if len(present) < 2:  # checked here, not when the data is read: evaluating on one class is fine
+        raise UserError(f"the training data holds only class {[label_names[i] for i in present]}; a classifier needs "
+                        "two or more, so check dataset.label_column and dataset.label_mapping.")
     if dist.is_chief:
         log_dataset(cfg.dataset.name, summary, label_names)
     weights = class_weights(np.asarray(splits.train.labels), len(label_names), cfg.trainer.class_weight)
