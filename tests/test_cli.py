@@ -322,11 +322,12 @@ def test_a_disk_that_fills_up_is_one_sentence_and_leaves_no_run_dir(tmp_path):
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-    command = module("train", *TINY, "trainer.epochs=1", "model.vocab_size=4000", "model.embedding_dim=64",
-                     f"hydra.run.dir={tmp_path}/run")
-    result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
-                            preexec_fn=small_files)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    assert f"error: cannot save a checkpoint in {tmp_path}/run/checkpoints (File too large); free space" in result.stderr
+    command = module("train", *TINY, "trainer.verbose=true", "trainer.epochs=1", "model.vocab_size=4000",
+                     "model.embedding_dim=64", f"hydra.run.dir={tmp_path}/run")
+    # stdout and stderr as one stream, as on a terminal: the error must not go on the progress bar's line
+    result = subprocess.run(command, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, timeout=300, preexec_fn=small_files)
+    assert result.returncode == 2, result.stdout[-3000:]
+    assert "Traceback" not in result.stdout and "━" in result.stdout  # the bar was drawn
+    assert f"\nerror: cannot save a checkpoint in {tmp_path}/run/checkpoints (File too large); free space" in result.stdout
     assert not (tmp_path / "run").exists()

@@ -327,6 +327,10 @@ class Trainer:
                     lambda: self._epochs(train, validation, epochs, callback_list, checkpointer, schedule),
                     end, lambda: then(history) if then else history,
                 )
+        except BaseException:
+            if verbose and self.dist.is_chief:
+                print(flush=True)  # end the progress bar's line, so that what the error says starts its own
+            raise
         finally:
             self.fitting = False
             self.guard = preemption.Guard(self)
