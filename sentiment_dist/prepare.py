@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @hydra_task("prepare")
 def main(cfg: DictConfig) -> dict:
-    from sentiment_dist.data import resolve_dataset
+    from sentiment_dist.data import log_dataset, resolve_dataset
     from sentiment_dist.data.store import SPLITS, PreparedStore, prepare
     from sentiment_dist.data.tokenizer import VocabularyRequest
     from sentiment_dist.jobs.rundir import RunDir
@@ -59,6 +59,7 @@ def main(cfg: DictConfig) -> dict:
                  examples, ", ".join(f"{role} {splits[role]['examples']}" for role in SPLITS),
                  manifest["prepare_seconds"], manifest["workers"], examples / max(manifest["prepare_seconds"], 1e-9),
                  manifest["vocabulary"]["size"])
+        log_dataset(cfg.dataset.name, store.summary(), store.label_names)  # what was dropped, and why
     print(f"Prepared store: {os.path.abspath(path)}", flush=True)
     return {"path": os.path.abspath(path), "reused": reused, "splits": splits}
 

@@ -278,6 +278,7 @@ def test_prepare_and_train_from_the_command_line_and_a_full_disk(tmp_path):
     sizes = [manifest["splits"][role]["examples"] for role in ("train", "validation", "test")]
     assert sum(sizes) == kept and sizes[1] == round(kept * 0.1) and sizes[2] == round(kept * 0.2)
     assert f"Prepared {kept} examples (train {sizes[0]}, validation {sizes[1]}, test {sizes[2]}) in " in result.stdout
+    assert 600 > kept and f"dropped {{'dropped_empty_text': {600 - kept}}}" in result.stdout  # said, not only recorded
     again = run(module("prepare", *common, f"prepare.out={tmp_path}/store"), cwd=tmp_path)
     assert "Reusing the store prepared before" in again.stdout
     run(module("train", "debug=tiny", "trainer.verbose=false", *common, f"dataset.prepared={tmp_path}/store",

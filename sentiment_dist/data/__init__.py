@@ -8,13 +8,16 @@ store (`data/store.py`) is the same decision with its texts tokenized once, on d
 from __future__ import annotations
 
 import importlib
+import logging
 
 from omegaconf import DictConfig
 
 from sentiment_dist.data.types import LabeledData, Resolved, Split, TextList, TextSink
 from sentiment_dist.runtime.errors import UserError
 
-__all__ = ["LabeledData", "Resolved", "Split", "TextList", "TextSink", "load_dataset", "resolve_dataset"]
+__all__ = ["LabeledData", "Resolved", "Split", "TextList", "TextSink", "load_dataset", "log_dataset", "resolve_dataset"]
+
+log = logging.getLogger(__name__)
 
 
 def load_dataset(cfg: DictConfig, labels: bool = True) -> LabeledData:
@@ -55,3 +58,17 @@ RESOLVERS = {
     "imdb": ("imdb", "resolve_imdb", False),
     "text": ("text", "load_text", True),
 }
+
+
+def log_dataset(name: str, summary: dict, label_names: list[str]) -> None:
+    dropped = {k: v for k, v in summary["stats"].items() if k.startswith("dropped") and v}
+    mixed = ", ".join(
+        f"{source_name} {source['train']} ({source['share']:.0%}{', oversampled' if source['oversampled'] else ''})"
+        for source_name, source in summary["sources"].items()
+    )
+    log.info(
+        "Dataset %s: %d train / %d validation / %d test examples, classes %s%s%s%s",
+        name, summary["train"], summary["validation"], summary["test"], label_names,
+        f", dropped {dropped}" if dropped else "", f"; training examples from {mixed}" if mixed else "",
+        f"; memory-mapped from {summary['prepared']}" if summary.get("prepared") else "",
+    )

@@ -9,21 +9,18 @@ same vocabulary and the same ids: the store is the in-memory path written down.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 from omegaconf import DictConfig
 
-from sentiment_dist.data import LabeledData, Split, load_dataset, resolve_dataset
+from sentiment_dist.data import LabeledData, Split, load_dataset, log_dataset, resolve_dataset
 from sentiment_dist.data.pipeline import held_out_sample
 from sentiment_dist.data.store import SPLITS, PreparedStore, prepare
 from sentiment_dist.data.tokenizer import VocabularyRequest, make_vectorizer
 from sentiment_dist.data.tokens import Encoder, Splits
 from sentiment_dist.runtime.distribute import Distribution
 from sentiment_dist.runtime.errors import UserError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,20 +51,6 @@ def data_summary(data: LabeledData) -> dict:
     """Split sizes, what loading dropped, and a mixture's sources with their sizes and shares."""
     return {"train": len(data.train), "validation": len(data.validation), "test": len(data.test),
             "stats": dict(data.stats), "sources": dict(data.sources)}
-
-
-def log_dataset(name: str, summary: dict, label_names: list[str]) -> None:
-    dropped = {k: v for k, v in summary["stats"].items() if k.startswith("dropped") and v}
-    mixed = ", ".join(
-        f"{source_name} {source['train']} ({source['share']:.0%}{', oversampled' if source['oversampled'] else ''})"
-        for source_name, source in summary["sources"].items()
-    )
-    log.info(
-        "Dataset %s: %d train / %d validation / %d test examples, classes %s%s%s%s",
-        name, summary["train"], summary["validation"], summary["test"], label_names,
-        f", dropped {dropped}" if dropped else "", f"; training examples from {mixed}" if mixed else "",
-        f"; memory-mapped from {summary['prepared']}" if summary.get("prepared") else "",
-    )
 
 
 def prepared_store(cfg: DictConfig, dist: Distribution, request: VocabularyRequest, labels: bool = True,
