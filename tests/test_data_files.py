@@ -236,6 +236,15 @@ def test_names_default_to_sorted_distinct_values(tmp_path):
     assert data.label_names == ["neg", "neutral", "pos"]
 
 
+def test_labels_that_differ_only_in_case_are_refused_unless_the_classes_are_listed(tmp_path):
+    path = str(write(reviews(30, ("negative", "positive", "Positive")), tmp_path / "d.csv"))
+    assert error(config(path=path)) == ("labels 'Positive' and 'positive' differ only in case; list the classes in "
+                                        "dataset.label_mapping.classes (e.g. [negative, positive]), which match "
+                                        "case-insensitively.")
+    data = load_files(config(path=path, label_mapping__classes=["negative", "positive"]))
+    assert data.label_names == ["negative", "positive"]
+
+
 def test_names_list_sets_order_and_matches_case_insensitively(tmp_path):
     frame = reviews(40, ("Positive", " NEGATIVE "))
     data = load_files(config(path=str(write(frame, tmp_path / "d.csv")),

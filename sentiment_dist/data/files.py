@@ -371,6 +371,12 @@ def _map_names(labels: pd.Series, classes: list | dict | None) -> tuple[list[str
     """Names match case-insensitively; a dict also accepts its listed aliases (`{positive: [pos, 1]}`)."""
     if classes is None:
         names = sorted(labels.unique())
+        spelled: dict[str, str] = {}
+        for name in names:  # "Positive" beside "positive" is a typo, not a third class
+            if spelled.setdefault(name.casefold(), name) != name:
+                raise UserError(f"labels {spelled[name.casefold()]!r} and {name!r} differ only in case; list the classes "
+                                f"in dataset.label_mapping.classes (e.g. [{', '.join(sorted(spelled))}]), which match "
+                                "case-insensitively.")
         return names, labels.map({name: i for i, name in enumerate(names)})
     accepted = classes if isinstance(classes, dict) else {name: [] for name in classes}
     names = [str(name) for name in accepted]
