@@ -76,6 +76,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"--encoding {args.encoding} is not a known encoding; use e.g. utf-8 or latin-1.") from None
     if args.file and not os.path.isfile(args.file):
         raise UserError(f"--file {args.file} does not exist; pass a text file with one review per line.")
+    # Else found out only once every text is scored: the finished output cannot be renamed onto it.
+    if args.out and (os.path.isdir(args.out) or args.out.endswith(os.sep)):
+        raise UserError(f"--out {args.out} names a directory; pass --out a file to write the labels to, e.g. "
+                        f"{os.path.join(args.out, 'labels.tsv')}.")
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise UserError(f"--out {args.out}: its directory does not exist; create it or pass --out a file in an "
                         "existing directory.")

@@ -219,6 +219,16 @@ def test_predict_refuses_a_file_that_is_not_text_in_its_encoding(tmp_path):
     assert "no-model-needed-yet does not exist" in one_sentence(result)
 
 
+@pytest.mark.parametrize("out", ["adir", "newdir/"])
+def test_predict_refuses_an_out_that_names_a_directory_before_scoring(trained, tmp_path, out):
+    """It ended in a traceback once every text was scored: the output could not be renamed onto a directory."""
+    (tmp_path / "adir").mkdir()
+    result = run(module("predict", str(trained), "a review", "--out", out), cwd=tmp_path, check=False)
+    assert one_sentence(result) == (f"error: --out {out} names a directory; pass --out a file to write the labels to, "
+                                    f"e.g. {out.rstrip('/')}/labels.tsv.")
+    assert [p.name for p in tmp_path.rglob("*")] == ["adir"]  # no temporary output beside it, nothing in it
+
+
 def test_predict_and_evaluate_given_no_model_say_what_they_were_given(trained, tmp_path):
     """A CSV is not "a run directory that does not exist": each command names what it got."""
     (tmp_path / "reviews.csv").write_text("text,label\ngreat,positive\n")
