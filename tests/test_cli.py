@@ -219,6 +219,12 @@ def test_predict_refuses_a_file_that_is_not_text_in_its_encoding(tmp_path):
     assert "no-model-needed-yet does not exist" in one_sentence(result)
 
 
+def test_predict_says_a_file_that_is_a_directory_is_one(tmp_path):
+    (tmp_path / "reviews").mkdir()
+    result = run(module("predict", str(tmp_path / "no-model-needed-yet"), "--file", "reviews"), cwd=tmp_path, check=False)
+    assert one_sentence(result) == "error: --file reviews is a directory; pass a text file with one review per line."
+
+
 @pytest.mark.parametrize("out", ["adir", "newdir/"])
 def test_predict_refuses_an_out_that_names_a_directory_before_scoring(trained, tmp_path, out):
     """It ended in a traceback once every text was scored: the output could not be renamed onto a directory."""
