@@ -76,7 +76,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"--encoding {args.encoding} is not a known encoding; use e.g. utf-8 or latin-1.") from None
     if args.file and os.path.isdir(args.file):
         raise UserError(f"--file {args.file} is a directory; pass a text file with one review per line.")
-    if args.file and not os.path.isfile(args.file):
+    # Not isfile: a pipe (`--file <(zcat reviews.gz)`, /dev/stdin) is read as a file is.
+    if args.file and not os.path.exists(args.file):
         raise UserError(f"--file {args.file} does not exist; pass a text file with one review per line.")
     # Else found out only once every text is scored: the finished output cannot be renamed onto it.
     if args.out and (os.path.isdir(args.out) or args.out.endswith(os.sep)):

@@ -219,6 +219,21 @@ def test_predict_refuses_a_file_that_is_not_text_in_its_encoding(tmp_path):
     assert "no-model-needed-yet does not exist" in one_sentence(result)
 
 
+def predict_reading(model, data: bytes, *args: str, cwd) -> subprocess.CompletedProcess:
+    """`predict MODEL ARGS` given `data` on stdin, in a new interpreter (the warm Python's jobs get no stdin)."""
+    result = subprocess.run(module("predict", str(model), *args), input=data, capture_output=True, env=cli_env(),
+                            cwd=cwd, timeout=300)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
+
+
+def test_predict_reads_a_file_that_is_a_pipe(trained, tmp_path):
+    """`--file <(zcat reviews.gz)` or `--file /dev/stdin` names no regular file, yet one that is there."""
+    expected = run(module("predict", str(trained), *SAMPLE), cwd=tmp_path).stdout
+    result = predict_reading(trained, "\n".join(SAMPLE).encode(), "--file", "/dev/stdin", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == expected
+
+
 def test_predict_says_a_file_that_is_a_directory_is_one(tmp_path):
     (tmp_path / "reviews").mkdir()
     result = run(module("predict", str(tmp_path / "no-model-needed-yet"), "--file", "reviews"), cwd=tmp_path, check=False)
