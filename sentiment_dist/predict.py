@@ -2,7 +2,8 @@
 
 MODEL is a run directory (its `model.keras`), an exported SavedModel
 directory, or an exported `.tflite` file (see `sentiment-export`). Texts come
-from the arguments, from `--file`, or from stdin (one per line).
+from the arguments, from `--file`, or from stdin (one per line); blank ones are
+skipped.
 
 A `--file` is read, scored and written a chunk of lines at a time, so a file of
 millions of reviews takes bounded memory. Launched under `horovodrun` or as
@@ -61,8 +62,8 @@ def file_chunks(path: str, encoding: str, lines_per_chunk: int = LINES_PER_CHUNK
 
 
 def input_chunks(args: argparse.Namespace) -> Iterator[list[str]]:
-    if args.texts:
-        return iter([list(args.texts)])
+    if args.texts:  # a blank one is skipped, as a blank line of --file or stdin is: nothing to label
+        return iter([[text for text in args.texts if text.strip()]])
     if args.file:
         return file_chunks(args.file, args.encoding, args.chunk_lines)
     return iter([[line.rstrip("\n") for line in sys.stdin if line.strip()]])
@@ -95,7 +96,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sentiment-predict", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a run directory, an exported saved_model/ directory, or a .tflite file")
-    parser.add_argument("texts", nargs="*", help="texts to classify (default: --file or stdin)")
+    parser.add_argument("texts", nargs="*", help="texts to classify, blank ones skipped (default: --file or stdin)")
     parser.add_argument("--file", help="a text file, one text per line")
     parser.add_argument("--encoding", default="utf-8", help="the --file's encoding (default: utf-8)")
     parser.add_argument("--out", help="write the labels to this file (written whole or not at all) instead of stdout")

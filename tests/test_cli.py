@@ -219,6 +219,15 @@ def test_predict_refuses_a_file_that_is_not_text_in_its_encoding(tmp_path):
     assert "no-model-needed-yet does not exist" in one_sentence(result)
 
 
+def test_predict_skips_blank_arguments_as_it_skips_blank_lines(trained, tmp_path):
+    """Blank arguments were labelled (`predict R ""` printed `positive 0.5020`)."""
+    expected = run(module("predict", str(trained), SAMPLE[0]), cwd=tmp_path).stdout
+    assert run(module("predict", str(trained), "   ", SAMPLE[0], ""), cwd=tmp_path).stdout == expected
+    for blanks in ([""], [" ", "\t"]):
+        result = run(module("predict", str(trained), *blanks), cwd=tmp_path, check=False)
+        assert one_sentence(result) == "error: no text to classify; pass texts as arguments, --file, or lines on stdin."
+
+
 def predict_reading(model, data: bytes, *args: str, cwd) -> subprocess.CompletedProcess:
     """`predict MODEL ARGS` given `data` on stdin, in a new interpreter (the warm Python's jobs get no stdin)."""
     result = subprocess.run(module("predict", str(model), *args), input=data, capture_output=True, env=cli_env(),
