@@ -243,6 +243,21 @@ def test_predict_reads_a_file_that_is_a_pipe(trained, tmp_path):
     assert result.stdout == expected
 
 
+def test_predict_reads_stdin_as_it_reads_a_file(trained, tmp_path):
+    """stdin kept the "\\r" of CRLF line ends in the texts it scored and printed, labelled NUL bytes,
+    and ended in a traceback on bytes that are not utf-8; --file did none of these."""
+    (tmp_path / "reviews.txt").write_text("\n".join(SAMPLE) + "\n")
+    expected = run(module("predict", str(trained), "--file", "reviews.txt"), cwd=tmp_path).stdout
+    result = predict_reading(trained, "\r\n".join(SAMPLE).encode() + b"\r\n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == expected
+    assert one_sentence(predict_reading(trained, b"caf\xe8 bad\n", cwd=tmp_path)) == (
+        "error: stdin is not utf-8 text (byte 0xe8 at offset 3); pass a text file, with --encoding set to its "
+        "encoding (e.g. latin-1).")
+    assert one_sentence(predict_reading(trained, b"fine\nnul\x00\n", cwd=tmp_path)) == (
+        "error: stdin holds NUL bytes at offset 8: it is not a text file; pass a text file with one review per line.")
+
+
 def test_predict_says_a_file_that_is_a_directory_is_one(tmp_path):
     (tmp_path / "reviews").mkdir()
     result = run(module("predict", str(tmp_path / "no-model-needed-yet"), "--file", "reviews"), cwd=tmp_path, check=False)
