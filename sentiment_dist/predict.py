@@ -32,7 +32,10 @@ def file_chunks(path: str | None, encoding: str, lines_per_chunk: int = LINES_PE
     at a time. Bytes that are not `encoding`, or NUL bytes (which no text file holds, and which
     latin-1 would decode), are refused with their offset: labels for them would be noise."""
     source = f"--file {path}" if path else "stdin"
-    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    # Windows tools start utf-8 files with a byte order mark, no part of the first text: utf-8-sig
+    # drops it (still counted in error offsets), as the utf-16 and utf-32 decoders drop theirs.
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    decoder = codecs.getincrementaldecoder(codec)("strict")
     read_bytes = decoded_chars = 0
     partial, lines = "", []
     # Unbuffered: each read returns what there is, so lines typed on a terminal end at one Ctrl-D.

@@ -3,6 +3,7 @@ export, and what a user sees when the input is wrong."""
 
 from __future__ import annotations
 
+import codecs
 import re
 import subprocess
 
@@ -256,6 +257,22 @@ def test_predict_reads_stdin_as_it_reads_a_file(trained, tmp_path):
         "encoding (e.g. latin-1).")
     assert one_sentence(predict_reading(trained, b"fine\nnul\x00\n", cwd=tmp_path)) == (
         "error: stdin holds NUL bytes at offset 8: it is not a text file; pass a text file with one review per line.")
+
+
+def test_predict_drops_a_byte_order_mark_starting_the_input(trained, tmp_path):
+    """It was scored as part of the first text (another probability) and printed with it, and a
+    file of the mark and blank lines was labelled instead of holding no text."""
+    text = b"great movie loved it\nawful\n"
+    (tmp_path / "plain.txt").write_bytes(text)
+    (tmp_path / "bom.txt").write_bytes(codecs.BOM_UTF8 + text)
+    (tmp_path / "blank.txt").write_bytes(codecs.BOM_UTF8 + b"\n  \n")
+    expected = run(module("predict", str(trained), "--file", "plain.txt"), cwd=tmp_path).stdout
+    assert run(module("predict", str(trained), "--file", "bom.txt"), cwd=tmp_path).stdout == expected
+    result = predict_reading(trained, codecs.BOM_UTF8 + text, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == expected
+    assert one_sentence(run(module("predict", str(trained), "--file", "blank.txt"), cwd=tmp_path, check=False)) == (
+        "error: no text to classify; pass texts as arguments, --file, or lines on stdin.")
 
 
 def test_predict_says_a_file_that_is_a_directory_is_one(tmp_path):
