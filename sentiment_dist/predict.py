@@ -2,12 +2,13 @@
 
 MODEL is a run directory (its `model.keras`), an exported SavedModel
 directory, or an exported `.tflite` file (see `sentiment-export`). Texts come
-from the arguments, from `--file`, or from stdin (one per line).
+from the arguments, from `--file`, or from stdin (one per line); blank ones are
+skipped.
 
-A `--file` is read, scored and written a chunk of lines at a time, so a file of
-millions of reviews takes bounded memory. Launched under `horovodrun` or as
+A `--file`, or stdin, is read, scored and written a chunk of lines at a time, so
+millions of reviews take bounded memory. Launched under `horovodrun` or as
 MultiWorker workers (TF_CONFIG), each process scores every world-size-th chunk
-and the chief writes one output, in input order.
+of a `--file` and the chief writes one output, in input order.
 """
 
 from __future__ import annotations
@@ -25,15 +26,20 @@ LINES_PER_CHUNK = 8192  # what one process scores at a time: memory stays bounde
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
 
 
-def file_chunks(path: str, encoding: str, lines_per_chunk: int = LINES_PER_CHUNK,
+def file_chunks(path: str | None, encoding: str, lines_per_chunk: int = LINES_PER_CHUNK,
                 block_bytes: int = 1 << 22) -> Iterator[list[str]]:
-    """The non-empty lines of `path`, `lines_per_chunk` at a time, read `block_bytes` at a time.
-    Bytes that are not `encoding`, or NUL bytes (which no text file holds, and which latin-1
-    would decode), are refused with their offset: labels for them would be noise."""
-    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    """The non-empty lines of `path` (None: stdin), `lines_per_chunk` at a time, read `block_bytes`
+    at a time. Bytes that are not `encoding`, or NUL bytes (which no text file holds, and which
+    latin-1 would decode), are refused with their offset: labels for them would be noise."""
+    source = f"--file {path}" if path else "stdin"
+    # Windows tools start utf-8 files with a byte order mark, no part of the first text: utf-8-sig
+    # drops it (still counted in error offsets), as the utf-16 and utf-32 decoders drop theirs.
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    decoder = codecs.getincrementaldecoder(codec)("strict")
     read_bytes = decoded_chars = 0
     partial, lines = "", []
-    with open(path, "rb") as handle:
+    # Unbuffered: each read returns what there is, so lines typed on a terminal end at one Ctrl-D.
+    with open(path or sys.stdin.fileno(), "rb", buffering=0, closefd=bool(path)) as handle:
         while True:
             block = handle.read(block_bytes)
             read_bytes += len(block)
@@ -41,10 +47,10 @@ def file_chunks(path: str, encoding: str, lines_per_chunk: int = LINES_PER_CHUNK
                 text = decoder.decode(block, final=not block)
             except UnicodeDecodeError as err:  # err.object: the bytes the decoder held, then `block`
                 offset = read_bytes - len(err.object) + err.start
-                raise UserError(f"--file {path} is not {encoding} text (byte 0x{err.object[err.start]:02x} at offset "
+                raise UserError(f"{source} is not {encoding} text (byte 0x{err.object[err.start]:02x} at offset "
                                 f"{offset}); pass a text file, with --encoding set to its encoding (e.g. latin-1).") from None
             if "\x00" in text:
-                raise UserError(f"--file {path} holds NUL bytes at offset {decoded_chars + text.index(chr(0))}: it is not "
+                raise UserError(f"{source} holds NUL bytes at offset {decoded_chars + text.index(chr(0))}: it is not "
                                 "a text file; pass a text file with one review per line.")
             decoded_chars += len(text)
             pieces = (partial + text).splitlines(keepends=True)
@@ -61,11 +67,10 @@ def file_chunks(path: str, encoding: str, lines_per_chunk: int = LINES_PER_CHUNK
 
 
 def input_chunks(args: argparse.Namespace) -> Iterator[list[str]]:
-    if args.texts:
-        return iter([list(args.texts)])
-    if args.file:
-        return file_chunks(args.file, args.encoding, args.chunk_lines)
-    return iter([[line.rstrip("\n") for line in sys.stdin if line.strip()]])
+    if args.texts:  # a blank one is skipped, as a blank line of --file or stdin is: nothing to label
+        return iter([[text for text in args.texts if text.strip()]])
+    # stdin is read as --file is: its line breaks, its encoding and its bad bytes alike.
+    return file_chunks(args.file, args.encoding, args.chunk_lines)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -74,8 +79,15 @@ def check_arguments(args: argparse.Namespace) -> None:
         codecs.lookup(args.encoding)
     except LookupError:
         raise UserError(f"--encoding {args.encoding} is not a known encoding; use e.g. utf-8 or latin-1.") from None
-    if args.file and not os.path.isfile(args.file):
+    if args.file and os.path.isdir(args.file):
+        raise UserError(f"--file {args.file} is a directory; pass a text file with one review per line.")
+    # Not isfile: a pipe (`--file <(zcat reviews.gz)`, /dev/stdin) is read as a file is.
+    if args.file and not os.path.exists(args.file):
         raise UserError(f"--file {args.file} does not exist; pass a text file with one review per line.")
+    # Else found out only once every text is scored: the finished output cannot be renamed onto it.
+    if args.out and (os.path.isdir(args.out) or args.out.endswith(os.sep)):
+        raise UserError(f"--out {args.out} names a directory; pass --out a file to write the labels to, e.g. "
+                        f"{os.path.join(args.out, 'labels.tsv')}.")
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise UserError(f"--out {args.out}: its directory does not exist; create it or pass --out a file in an "
                         "existing directory.")
@@ -88,13 +100,13 @@ def check_arguments(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sentiment-predict", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a run directory, an exported saved_model/ directory, or a .tflite file")
-    parser.add_argument("texts", nargs="*", help="texts to classify (default: --file or stdin)")
+    parser.add_argument("texts", nargs="*", help="texts to classify, blank ones skipped (default: --file or stdin)")
     parser.add_argument("--file", help="a text file, one text per line")
-    parser.add_argument("--encoding", default="utf-8", help="the --file's encoding (default: utf-8)")
+    parser.add_argument("--encoding", default="utf-8", help="the encoding of --file or stdin (default: utf-8)")
     parser.add_argument("--out", help="write the labels to this file (written whole or not at all) instead of stdout")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--chunk-lines", type=int, default=LINES_PER_CHUNK,
-                        help=f"lines of --file each process scores at a time (default: {LINES_PER_CHUNK}); memory grows with it")
+                        help=f"lines of --file or stdin each process scores at a time (default: {LINES_PER_CHUNK}); memory grows with it")
     parser.add_argument("--strategy", choices=["auto", "single", "horovod", "multiworker"], default="auto",
                         help="auto: horovod under horovodrun, multiworker with TF_CONFIG, else single")
     args = parser.parse_args(argv)

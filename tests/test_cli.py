@@ -3,6 +3,7 @@ export, and what a user sees when the input is wrong."""
 
 from __future__ import annotations
 
+import codecs
 import re
 import subprocess
 
@@ -228,6 +229,77 @@ def test_predict_refuses_a_file_that_is_not_text_in_its_encoding(tmp_path):
     result = run(module("predict", model, "--file", str(tmp_path / "reviews.txt"), "--encoding", "latin-1"),
                  cwd=tmp_path, check=False)  # decoded now: what fails is the missing model
     assert "no-model-needed-yet does not exist" in one_sentence(result)
+
+
+def test_predict_skips_blank_arguments_as_it_skips_blank_lines(trained, tmp_path):
+    """Blank arguments were labelled (`predict R ""` printed `positive 0.5020`)."""
+    expected = run(module("predict", str(trained), SAMPLE[0]), cwd=tmp_path).stdout
+    assert run(module("predict", str(trained), "   ", SAMPLE[0], ""), cwd=tmp_path).stdout == expected
+    for blanks in ([""], [" ", "\t"]):
+        result = run(module("predict", str(trained), *blanks), cwd=tmp_path, check=False)
+        assert one_sentence(result) == "error: no text to classify; pass texts as arguments, --file, or lines on stdin."
+
+
+def predict_reading(model, data: bytes, *args: str, cwd) -> subprocess.CompletedProcess:
+    """`predict MODEL ARGS` given `data` on stdin, in a new interpreter (the warm Python's jobs get no stdin)."""
+    result = subprocess.run(module("predict", str(model), *args), input=data, capture_output=True, env=cli_env(),
+                            cwd=cwd, timeout=300)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
+
+
+def test_predict_reads_a_file_that_is_a_pipe(trained, tmp_path):
+    """`--file <(zcat reviews.gz)` or `--file /dev/stdin` names no regular file, yet one that is there."""
+    expected = run(module("predict", str(trained), *SAMPLE), cwd=tmp_path).stdout
+    result = predict_reading(trained, "\n".join(SAMPLE).encode(), "--file", "/dev/stdin", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == expected
+
+
+def test_predict_reads_stdin_as_it_reads_a_file(trained, tmp_path):
+    """stdin kept the "\\r" of CRLF line ends in the texts it scored and printed, labelled NUL bytes,
+    and ended in a traceback on bytes that are not utf-8; --file did none of these."""
+    (tmp_path / "reviews.txt").write_text("\n".join(SAMPLE) + "\n")
+    expected = run(module("predict", str(trained), "--file", "reviews.txt"), cwd=tmp_path).stdout
+    result = predict_reading(trained, "\r\n".join(SAMPLE).encode() + b"\r\n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == expected
+    assert one_sentence(predict_reading(trained, b"caf\xe8 bad\n", cwd=tmp_path)) == (
+        "error: stdin is not utf-8 text (byte 0xe8 at offset 3); pass a text file, with --encoding set to its "
+        "encoding (e.g. latin-1).")
+    assert one_sentence(predict_reading(trained, b"fine\nnul\x00\n", cwd=tmp_path)) == (
+        "error: stdin holds NUL bytes at offset 8: it is not a text file; pass a text file with one review per line.")
+
+
+def test_predict_drops_a_byte_order_mark_starting_the_input(trained, tmp_path):
+    """It was scored as part of the first text (another probability) and printed with it, and a
+    file of the mark and blank lines was labelled instead of holding no text."""
+    text = b"great movie loved it\nawful\n"
+    (tmp_path / "plain.txt").write_bytes(text)
+    (tmp_path / "bom.txt").write_bytes(codecs.BOM_UTF8 + text)
+    (tmp_path / "blank.txt").write_bytes(codecs.BOM_UTF8 + b"\n  \n")
+    expected = run(module("predict", str(trained), "--file", "plain.txt"), cwd=tmp_path).stdout
+    assert run(module("predict", str(trained), "--file", "bom.txt"), cwd=tmp_path).stdout == expected
+    result = predict_reading(trained, codecs.BOM_UTF8 + text, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == expected
+    assert one_sentence(run(module("predict", str(trained), "--file", "blank.txt"), cwd=tmp_path, check=False)) == (
+        "error: no text to classify; pass texts as arguments, --file, or lines on stdin.")
+
+
+def test_predict_says_a_file_that_is_a_directory_is_one(tmp_path):
+    (tmp_path / "reviews").mkdir()
+    result = run(module("predict", str(tmp_path / "no-model-needed-yet"), "--file", "reviews"), cwd=tmp_path, check=False)
+    assert one_sentence(result) == "error: --file reviews is a directory; pass a text file with one review per line."
+
+
+@pytest.mark.parametrize("out", ["adir", "newdir/"])
+def test_predict_refuses_an_out_that_names_a_directory_before_scoring(trained, tmp_path, out):
+    """It ended in a traceback once every text was scored: the output could not be renamed onto a directory."""
+    (tmp_path / "adir").mkdir()
+    result = run(module("predict", str(trained), "a review", "--out", out), cwd=tmp_path, check=False)
+    assert one_sentence(result) == (f"error: --out {out} names a directory; pass --out a file to write the labels to, "
+                                    f"e.g. {out.rstrip('/')}/labels.tsv.")
+    assert [p.name for p in tmp_path.rglob("*")] == ["adir"]  # no temporary output beside it, nothing in it
 
 
 def test_predict_and_evaluate_given_no_model_say_what_they_were_given(trained, tmp_path):

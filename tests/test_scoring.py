@@ -52,6 +52,22 @@ def test_a_bad_byte_or_a_nul_is_refused_with_its_offset_in_the_whole_file(tmp_pa
         list(file_chunks(str(path), "utf-8", 4, 4))
 
 
+def test_a_byte_order_mark_starting_the_file_is_dropped_and_counted_in_offsets(tmp_path):
+    """Windows tools start utf-8 files with one: it was read as part of the first review."""
+    path = tmp_path / "reviews.txt"
+    path.write_bytes(codecs.BOM_UTF8 + "great movie\r\n\ufeffnot first\n".encode())
+    for block_bytes in (1, 2, 4, 1 << 20):  # blocks that split the mark
+        assert list(file_chunks(str(path), "UTF8", 10, block_bytes)) == [["great movie", "\ufeffnot first"]]
+    path.write_bytes(codecs.BOM_UTF8 + b"\n  \n")
+    assert list(file_chunks(str(path), "utf-8", 10, 1)) == []  # no text: not a line holding only the mark
+    good = b"fine review\n" * 5
+    for data, offset in [(codecs.BOM_UTF8 + good + b"caf\xe8", 3 + len(good) + 3), (codecs.BOM_UTF8[:2] + b"x", 0)]:
+        path.write_bytes(data)
+        for block_bytes in (1, 2, 5, 1 << 20):
+            with pytest.raises(UserError, match=rf"is not utf-8 text \(byte 0x.. at offset {offset}\)"):
+                list(file_chunks(str(path), "utf-8", 4, block_bytes))
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return session_run(tmp_path_factory, "equivalence_single", module("train", *COMMON, f"trainer.batch_size={GLOBAL_BATCH}"))
