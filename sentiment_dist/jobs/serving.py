@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from sentiment_dist.runtime.errors import UserError
-from sentiment_dist.runtime.io import disk_error, first_missing
+from sentiment_dist.runtime.io import disk_error, first_missing, remedy
 
 SAVED_MODEL = "saved_model"
 TFLITE_FILES = {"float": "model.tflite", "dynamic_range": "model_dynamic_range.tflite"}
@@ -75,9 +75,10 @@ def export_run(run_dir: str, out: str, tflite: bool) -> dict[str, str]:
         os.replace(staging, out)
     except BaseException as err:
         shutil.rmtree(missing or staging, ignore_errors=True)  # what was made for the export
-        if disk_error(err):
-            raise UserError(f"cannot write the export to {out} ({disk_error(err)}); free space on that disk or "
-                            "pass --out another directory.") from None
+        reason = disk_error(err)
+        if reason:
+            raise UserError(f"cannot write the export to {out} ({reason}); {remedy(reason)} or pass --out another "
+                            "directory.") from None
         raise
     return written
 
@@ -198,9 +199,10 @@ class _Output:
         except OSError as err:
             error = err
         os.remove(self.temp)
-        if disk_error(error):
-            raise UserError(f"cannot write --out {self.path} ({disk_error(error)}); free space on that disk or pass "
-                            "--out another file.") from None
+        reason = disk_error(error)
+        if reason:
+            raise UserError(f"cannot write --out {self.path} ({reason}); {remedy(reason)} or pass --out another "
+                            "file.") from None
         if kind is None:
             raise error
 
