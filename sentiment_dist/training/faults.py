@@ -13,12 +13,16 @@ directory and then acts; a survivor that replays the same position after a rollb
 file and goes on. Actions:
 
 - `kill`: SIGKILL itself, as a machine that is lost (no cleanup, no word to its peers).
+  With SENTIMENT_DIST_FAULTS_HOSTS=<the discovery script's hosts file> (elastic Horovod), it
+  first takes its host off that file: Horovod then re-forms without it however soon the host's
+  blacklist cooldown ends, instead of racing the cooldown and sometimes taking it back at once.
 - `sigterm`: wait until a SIGTERM has come (the test sends it once it sees the `.fired` file) and
   the preemption guard has taken notice, so the job stops at the next step boundary, whatever
   the machine's speed (TensorFlow's handler looks at the signal only once a second).
-- `join`: elastic Horovod: wait until Horovod reports a host added since the workers last
-  changed (the lost worker's host, back after its cooldown), so a worker joins at the next
-  commit instead of after the job ended. The example's waits right after the rollback to step 20.
+- `join`: elastic Horovod: put the hosts `kill` took off back in the hosts file (if any), then
+  wait until Horovod reports a host added since the workers last changed (the lost worker's
+  host, back after its cooldown), so a worker joins at the next commit instead of after the job
+  ended. The example's waits right after the rollback to step 20.
 
 Points: `between_steps` (after step `step`), `in_allreduce` (in step `step`: this worker's
 gradients are computed, not yet all-reduced, so the others wait inside the step's all-reduce),
@@ -64,6 +68,7 @@ def parse(text: str) -> list[Fault]:
 
 
 PLANNED = parse(os.environ.get("SENTIMENT_DIST_FAULTS", ""))
+HOSTS_ENV = "SENTIMENT_DIST_FAULTS_HOSTS"
 _host_added = threading.Event()  # since the workers last changed
 _listening = False
 
@@ -80,10 +85,12 @@ def reached(point: str, trainer, epoch: int | None = None, step: int | None = No
     for fault in PLANNED:
         if fault.due(point, trainer.dist, epoch, step) and _first_to_fire(fault, epoch, step):
             if fault.action == "kill":
+                _move_host(os.environ.get("HOROVOD_HOSTNAME"), away=True)
                 os.kill(os.getpid(), signal.SIGKILL)
             elif fault.action == "sigterm":
                 trainer.guard.take_notice()
             else:
+                _move_host(None, away=False)
                 _host_added.wait()
 
 
@@ -102,6 +109,30 @@ def _first_to_fire(fault: Fault, epoch: int | None, step: int | None) -> bool:
     os.write(descriptor, f"{fault.action} {fault.point} epoch={epoch} step={step} pid={os.getpid()}\n".encode())
     os.close(descriptor)
     return True
+
+
+def _move_host(host: str | None, away: bool) -> None:
+    """Take `host`'s lines off the hosts file (`away`, kept in the faults dir), or put every line
+    taken off back; the file is replaced whole, so the discovery script never reads half of it."""
+    hosts_file = os.environ.get(HOSTS_ENV)
+    if not hosts_file:
+        return
+    kept_aside = os.path.join(os.environ["SENTIMENT_DIST_FAULTS_DIR"], "hosts_away")
+    with open(hosts_file) as handle:
+        lines = handle.read().splitlines()
+    if away:
+        leaving = [line for line in lines if line.split(":")[0].strip() == host]
+        with open(kept_aside, "a") as handle:
+            handle.writelines(f"{line}\n" for line in leaving)
+        lines = [line for line in lines if line not in leaving]
+    elif os.path.exists(kept_aside):
+        with open(kept_aside) as handle:
+            lines += [line for line in handle.read().splitlines() if line not in lines]
+        os.remove(kept_aside)
+    temp = f"{hosts_file}.{os.getpid()}"
+    with open(temp, "w") as handle:
+        handle.writelines(f"{line}\n" for line in lines)
+    os.replace(temp, hosts_file)
 
 
 def _listen_for_hosts(dist) -> None:
