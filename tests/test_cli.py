@@ -386,6 +386,17 @@ def test_an_output_directory_that_cannot_be_created_is_one_sentence(tmp_path):
     assert "set paths.log_dir (or hydra.run.dir) to a writable directory" in result.stderr
 
 
+@pytest.mark.parametrize("setting", ["best_monitor", "early_stopping.monitor", "lr_on_plateau.monitor"])
+def test_a_monitor_that_names_no_metric_is_refused_before_training(tmp_path, setting):
+    """Keras' early stopping and LR-on-plateau only warn about it and stay off; the best epoch
+    found it missing after a whole epoch and left a run dir with a checkpoint."""
+    patience = [] if setting == "best_monitor" else [f"trainer.{setting.split('.')[0]}.patience=1"]
+    result = run(module("train", *TINY, f"trainer.{setting}=val_f1", *patience, f"hydra.run.dir={tmp_path}/run"),
+                 cwd=tmp_path, check=False)
+    assert one_sentence(result).startswith(f"error: trainer.{setting}=val_f1 is not a logged metric; use one of [")
+    assert "'val_macro_f1'" in result.stderr and not (tmp_path / "run").exists()
+
+
 def test_a_disk_that_fills_up_is_one_sentence_and_leaves_no_run_dir(tmp_path):
     """Files above 200 kB fail to write (RLIMIT_FSIZE: EFBIG, as ENOSPC on a full disk), the
     first checkpoint among them: nothing to resume from, so no run dir is left."""

@@ -108,6 +108,10 @@ class ClassificationTask:
     def progress(self, totals):
         return {"loss": totals[0] / totals[2], "accuracy": totals[1] / max(totals[2], 1)}
 
+    def metric_names(self, model) -> set[str]:
+        """What `epoch_logs` holds: the names a monitor may watch."""
+        return {"loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1"}
+
     def evaluator(self, dist, model, global_batch, by_length=False):
         return Evaluator(dist, model, self.num_classes, global_batch, by_length)
 

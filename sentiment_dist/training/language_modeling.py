@@ -67,6 +67,11 @@ class LanguageModelTask:
     def progress(self, totals):
         return {"loss": totals[0] / max(totals[2], 1)}
 
+    def metric_names(self, model) -> set[str]:
+        """What `epoch_logs` holds: the names a monitor may watch."""
+        by_direction = {f"val_perplexity_{d}" for d in model.directions} if len(model.directions) > 1 else set()
+        return {"loss", "tokens_per_second", "val_loss", "val_perplexity", "val_accuracy", *by_direction}
+
     def evaluator(self, dist, model, global_batch, by_length=False):
         return LanguageModelEvaluator(dist, model, global_batch, by_length)
 

@@ -38,6 +38,7 @@ from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.runtime.distribute import Distribution, HorovodDistribution, TracedPerSpec, graph_function
 from sentiment_dist.runtime.errors import UserError
 from sentiment_dist.training import faults, preemption
+from sentiment_dist.training.callbacks import BestWeights
 from sentiment_dist.training.checkpoint import Checkpointer, History
 from sentiment_dist.training.classification import ClassificationTask
 from sentiment_dist.training.optimizers import (
@@ -291,6 +292,7 @@ class Trainer:
                 f"the training split has {len(train)} examples, fewer than one global batch of "
                 f"{self.global_batch}; lower trainer.batch_size or use more data."
             )
+        self._check_monitors(callbacks)
         callbacks = self.callbacks_around(callbacks)
         checkpointer = next(c for c in callbacks if isinstance(c, Checkpointer))
         checkpointer.attach(self)
@@ -335,6 +337,19 @@ class Trainer:
             self.fitting = False
             self.guard = preemption.Guard(self)
             self._train_step_for.reset()
+
+    def _check_monitors(self, callbacks: list[keras.callbacks.Callback]) -> None:
+        """A monitor that names no logged metric is refused before the first step: Keras' early
+        stopping and LR-on-plateau only warn and stay off, and the best epoch would be found
+        missing after a whole epoch, leaving a run dir behind."""
+        logged = self.task.metric_names(self.model) | {"learning_rate", "epoch_seconds", "examples_per_second"}
+        settings = {BestWeights: "best_monitor", keras.callbacks.EarlyStopping: "early_stopping.monitor",
+                    keras.callbacks.ReduceLROnPlateau: "lr_on_plateau.monitor"}
+        for callback in callbacks:
+            setting = next((key for kind, key in settings.items() if isinstance(callback, kind)), None)
+            if setting and callback.monitor not in logged:
+                raise UserError(f"trainer.{setting}={callback.monitor} is not a logged metric; use one of "
+                                f"{sorted(logged)}.")
 
     def _guard(self, checkpointer: Checkpointer, describe: Callable[[], str], callbacks: tuple) -> preemption.Guard:
         """The preemption guard for this strategy; the base one when there is nowhere to save.
