@@ -149,6 +149,7 @@ def test_config_mistakes_fail_before_anything_runs(tmp_path, overrides, code, me
         ("finetune", ["source.trainer.batch_size=0"], "source.trainer.batch_size=0 must be greater than 0"),
         ("pretrain", ["lm.num_sampled=0"], "lm.num_sampled=0 must be greater than 0"),
         ("transfer_report", ["report.sizes=[4]"], "report.sizes=[4] must list numbers of labelled examples of at least 8"),
+        ("transfer_report", ["report.schedules=[]"], "report.schedules=[] must name at least one fine-tuning schedule"),
         ("finetune", ["strategy=multiworker", "strategy.communication=carrier_pigeon"], "Invalid value 'carrier_pigeon'"),
     ],
 )

@@ -429,7 +429,9 @@ class LanguageModelConfig:
 class ReportConfig:
     sizes: list[Any] = report_sizes([50, 100, 250, "all"])
     repeats: int = positive(3)
-    schedules: list[Schedule] = field(default_factory=lambda: [Schedule.frozen, Schedule.full, Schedule.gradual])
+    schedules: list[Schedule] = _field([Schedule.frozen, Schedule.full, Schedule.gradual],
+                                       "must name at least one fine-tuning schedule (frozen, full, gradual)",
+                                       lambda schedules: len(schedules) > 0)
     scratch_epochs: int = positive(15)
     finetune_epochs: int = positive(8)
     lm_schedules: list[Schedule] = field(default_factory=list)
