@@ -386,6 +386,21 @@ def test_an_output_directory_that_cannot_be_created_is_one_sentence(tmp_path):
     assert "set paths.log_dir (or hydra.run.dir) to a writable directory" in result.stderr
 
 
+def test_a_run_dir_is_resumed_only_by_the_run_that_made_it(tmp_path):
+    """Rerun on a run dir with other data (or another model), a run went on from the other's
+    checkpoint as if it were its own: refused, and the run dir is left as it was."""
+    first = [*TINY, "trainer.epochs=1", f"hydra.run.dir={tmp_path}/run"]
+    run(module("train", *first), cwd=tmp_path)
+    before = read_json(tmp_path / "run" / "metrics.json")
+    result = run(module("train", *first, "dataset.max_rows=256"), cwd=tmp_path, check=False)
+    assert one_sentence(result) == (f"error: hydra.run.dir={tmp_path}/run holds a run made with dataset.max_rows=512, and "
+                                    "this one has 256; rerun it as it was to resume it, or give this run another "
+                                    "hydra.run.dir.")
+    assert read_json(tmp_path / "run" / "metrics.json") == before
+    run(module("train", *first, "dataset.max_rows=256", "trainer.resume=false"), cwd=tmp_path)  # starting over
+    assert read_json(tmp_path / "run" / "metrics.json")["data"]["train"] == 256  # its own data now
+
+
 @pytest.mark.parametrize("setting", ["best_monitor", "early_stopping.monitor", "lr_on_plateau.monitor"])
 def test_a_monitor_that_names_no_metric_is_refused_before_training(tmp_path, setting):
     """Keras' early stopping and LR-on-plateau only warn about it and stay off; the best epoch

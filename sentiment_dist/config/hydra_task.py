@@ -132,9 +132,7 @@ def run_dir_named(config: DictConfig) -> bool:
 def _is_disposable(directory: str) -> bool:
     """True when `directory` holds nothing to resume or read (RunDir.RESUMABLE). Anything else
     (Hydra's config and log, W&B's run, a history with no checkpoint beside it) goes with it."""
-    if not os.path.isdir(directory):
-        return False
-    return not any(set(RunDir.RESUMABLE) & set(files) for _, _, files in os.walk(directory))
+    return os.path.isdir(directory) and not RunDir(directory).resumable
 
 
 def _remove_run_dir(directory: str) -> None:

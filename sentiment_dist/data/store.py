@@ -55,7 +55,14 @@ from sentiment_dist.data.tokenizer import (
 from sentiment_dist.data.tokens import TokenizedSplit
 from sentiment_dist.data.types import Resolved
 from sentiment_dist.runtime.errors import UserError
-from sentiment_dist.runtime.io import atomic_write_json, atomic_write_text, disk_error, jsonable, remedy
+from sentiment_dist.runtime.io import (
+    atomic_write_json,
+    atomic_write_text,
+    disk_error,
+    first_difference,
+    jsonable,
+    remedy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +454,7 @@ class PreparedStore:
         input files that changed since."""
         identity, recorded = dataset_identity(cfg), self.manifest["dataset"]
         if identity != recorded:
-            key, mine, theirs = _first_difference(identity, recorded)
+            key, mine, theirs = first_difference(identity, recorded, "dataset")
             raise UserError(f"dataset.prepared={self.path} was prepared from another dataset config: {key} is {theirs!r} "
                             f"there and {mine!r} here; prepare the store again for this dataset, or set "
                             "dataset.prepared=auto.")
@@ -476,14 +483,6 @@ class PreparedStore:
         splits = self.manifest["splits"]
         return {**{role: splits[role]["examples"] for role in SPLITS}, "stats": dict(self.manifest["stats"]),
                 "sources": dict(self.manifest["sources"]), "prepared": self.path}
-
-
-def _first_difference(mine, theirs, prefix: str = "dataset"):
-    if isinstance(mine, dict) and isinstance(theirs, dict):
-        for key in sorted(set(mine) | set(theirs)):
-            if mine.get(key) != theirs.get(key):
-                return _first_difference(mine.get(key), theirs.get(key), f"{prefix}.{key}")
-    return prefix, mine, theirs
 
 
 def _describe(request: dict) -> str:

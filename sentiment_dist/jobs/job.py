@@ -62,7 +62,9 @@ def start(cfg: DictConfig) -> Job:
             "strategy=horovod_elastic needs the run dir given: add hydra.run.dir=<a directory every worker "
             "sees> (a worker that joins later must find it without asking the others; launch/ scripts key it by job)."
         )
-    return Job(cfg, dist, RunDir(dist.shared(run_dir)))
+    run = RunDir(dist.shared(run_dir))
+    dist.shared(lambda: run.check_resumed_by(cfg))  # decided by the chief, refused on every rank
+    return Job(cfg, dist, run)
 
 
 def tracked(job: Job, job_type: str, body: Callable[[tracking.Tracker], T], group: str | None = None,

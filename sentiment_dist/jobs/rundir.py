@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 from sentiment_dist.runtime.errors import UserError
-from sentiment_dist.runtime.io import atomic_write, atomic_write_json, atomic_write_text, read_json
+from sentiment_dist.runtime.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    first_difference,
+    read_json,
+)
 
 if TYPE_CHECKING:  # Keras is imported where a model is loaded: the CLI's cleanup reads RunDir's names first
     import keras
@@ -43,6 +49,10 @@ class RunDir:
     # What makes a failed run's dir worth keeping: a finished stage, a checkpoint to resume from, or a
     # transfer report's finished points.
     RESUMABLE = (METRICS, CHECKPOINT_STATE, REPORT_POINTS)
+    # What made the resumable state (RESUMED_AS of the config): rerun with other data, another model
+    # or another source, a run dir would continue that state as if it were this run's.
+    RESUME_KEY = "resume_key.json"
+    RESUMED_AS = ("dataset", "model", "init", "source", "finetune", "lm", "seed")
     # What a W&B model artifact holds, per kind of run.
     CLASSIFIER_FILES = (MODEL, VOCABULARY, LABELS, CONFIG, METRICS)
     LANGUAGE_MODEL_FILES = (LANGUAGE_MODEL, VOCABULARY, CONFIG, METRICS)
@@ -71,6 +81,27 @@ class RunDir:
     @property
     def finished(self) -> bool:
         return os.path.isfile(self.file(self.METRICS))
+
+    @property
+    def resumable(self) -> bool:
+        """Whether something here would be resumed or read (RESUMABLE, in this dir or a stage's)."""
+        return os.path.isdir(self.path) and any(set(self.RESUMABLE) & set(files) for _, _, files in os.walk(self.path))
+
+    def check_resumed_by(self, cfg: DictConfig) -> None:
+        """Refuse, in one sentence, to continue this run dir's state with a run of another `cfg`
+        (RESUMED_AS); otherwise record `cfg` as what makes it. Starting over (trainer.resume=false)
+        discards checkpoints, not a report's finished points."""
+        identity = {key: OmegaConf.to_container(cfg[key], resolve=True, enum_to_str=True)
+                    if isinstance(cfg[key], DictConfig) else cfg[key] for key in self.RESUMED_AS if key in cfg}
+        starting_over = "trainer" in cfg and not cfg.trainer.resume and not os.path.exists(self.file(self.REPORT_POINTS))
+        if os.path.isfile(self.file(self.RESUME_KEY)) and self.resumable and not starting_over:
+            recorded = read_json(self.file(self.RESUME_KEY))
+            if recorded != identity:
+                key, mine, theirs = first_difference(identity, recorded, "")
+                raise UserError(f"hydra.run.dir={self.path} holds a run made with {key[1:]}={theirs!r}, and this one "
+                                f"has {mine!r}; rerun it as it was to resume it, or give this run another hydra.run.dir.")
+        os.makedirs(self.path, exist_ok=True)
+        atomic_write_json(self.file(self.RESUME_KEY), identity)
 
     # -- writing (the chief only) ------------------------------------------------
     def write_config(self, cfg: DictConfig) -> None:

@@ -107,3 +107,12 @@ def jsonable(value: Any) -> Any:
 def read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def first_difference(mine: Any, theirs: Any, prefix: str) -> tuple[str, Any, Any]:
+    """(dotted key, mine, theirs) of the first place two nested configs differ (they must differ)."""
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        for key in sorted(set(mine) | set(theirs)):
+            if mine.get(key) != theirs.get(key):
+                return first_difference(mine.get(key), theirs.get(key), f"{prefix}.{key}")
+    return prefix, mine, theirs
