@@ -229,6 +229,9 @@ def test_pooling_may_differ_but_a_classifier_run_is_no_pretrain_run(bilstm_lm, t
     (classifier_run / "config.yaml").write_text((bilstm_lm / "config.yaml").read_text())
     with pytest.raises(UserError, match="is not a finished pretrain run.*finetune.source"):
         load_pretrained(str(classifier_run))
+    (tmp_path / "notes.txt").write_text("not a run")
+    with pytest.raises(UserError, match="notes.txt is a file, not a run directory; pass the run directory"):
+        load_pretrained(str(tmp_path / "notes.txt"))
 
 
 def test_chain_pretrain_then_target_text_then_classifier(bilstm_lm, tmp_path):

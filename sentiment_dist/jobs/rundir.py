@@ -198,7 +198,8 @@ class RunDir:
         from sentiment_dist.models.language_model import build_language_model
 
         if not os.path.isdir(self.path):
-            raise UserError(f"init.from={self.path} does not exist; pass the run directory that pretraining printed.")
+            problem = "is a file, not a run directory" if os.path.isfile(self.path) else "does not exist"
+            raise UserError(f"init.from={self.path} {problem}; pass the run directory that pretraining printed.")
         weights = self.file(self.LANGUAGE_MODEL)
         if not os.path.isfile(weights) or not os.path.isfile(self.file(self.CONFIG)):
             raise UserError(
