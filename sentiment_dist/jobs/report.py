@@ -109,6 +109,10 @@ def sample_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 def sizes_of(cfg: DictConfig, data: LabeledData) -> list[int]:
     total = len(data.train)
+    beyond = [size for size in cfg.report.sizes if size != "all" and int(size) > total]
+    if beyond:
+        log.warning("report.sizes %s: the target has %d training examples, so those points use all %d.",
+                    beyond, total, total)
     return sorted({total if size == "all" else min(int(size), total) for size in cfg.report.sizes})
 
 
