@@ -92,8 +92,8 @@ def test_checkpoints_are_kept_when_a_resumed_run_fails(tmp_path):
     base = [*TINY, "trainer.early_stopping.patience=null", f"hydra.run.dir={run_dir}"]
     run(module("train", *base, "trainer.epochs=1"), cwd=tmp_path)
     good = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
-    result = run(module("train", *base, "trainer.epochs=2", "dataset=csv", "dataset.path=missing.csv"), cwd=tmp_path, check=False)
-    assert result.returncode == 2 and "missing.csv does not exist" in result.stderr
+    result = run(module("train", *base, "trainer.epochs=2", "trainer.best_monitor=val_f1"), cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "trainer.best_monitor=val_f1 is not a logged metric" in result.stderr
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")) == good
 
 
