@@ -109,15 +109,15 @@ def sample_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 def sizes_of(cfg: DictConfig, data: LabeledData) -> list[int]:
     total = len(data.train)
-    beyond = [size for size in cfg.report.sizes if size != "all" and int(size) > total]
-    if beyond:
-        log.warning("report.sizes %s: the target has %d training examples, so those points use all %d.",
-                    beyond, total, total)
     return sorted({total if size == "all" else min(int(size), total) for size in cfg.report.sizes})
 
 
 def check_samples(cfg: DictConfig, data: LabeledData) -> None:
     """Every class in every sample of N labelled examples, or one sentence (before anything trains)."""
+    beyond = [size for size in cfg.report.sizes if size != "all" and int(size) > len(data.train)]
+    if beyond:
+        log.warning("report.sizes %s: the target has %d training examples, so those points use all of them.",
+                    beyond, len(data.train))
     for size in sizes_of(cfg, data):
         for repeat in range(cfg.report.repeats):
             labels = data.train.labels[sample_indices(data.train.labels, size, cfg.seed + 1000 * repeat)]
