@@ -85,12 +85,12 @@ def reached(point: str, trainer, epoch: int | None = None, step: int | None = No
     for fault in PLANNED:
         if fault.due(point, trainer.dist, epoch, step) and _first_to_fire(fault, epoch, step):
             if fault.action == "kill":
-                _move_host(os.environ.get("HOROVOD_HOSTNAME"), away=True)
+                _take_host_off(os.environ.get("HOROVOD_HOSTNAME"))
                 os.kill(os.getpid(), signal.SIGKILL)
             elif fault.action == "sigterm":
                 trainer.guard.take_notice()
             else:
-                _move_host(None, away=False)
+                _bring_hosts_back()
                 _host_added.wait()
 
 
@@ -111,28 +111,43 @@ def _first_to_fire(fault: Fault, epoch: int | None, step: int | None) -> bool:
     return True
 
 
-def _move_host(host: str | None, away: bool) -> None:
-    """Take `host`'s lines off the hosts file (`away`, kept in the faults dir), or put every line
-    taken off back; the file is replaced whole, so the discovery script never reads half of it."""
-    hosts_file = os.environ.get(HOSTS_ENV)
-    if not hosts_file:
+def _take_host_off(host: str | None) -> None:
+    """Take `host`'s lines off the hosts file, kept aside in the faults dir for `join`."""
+    if not os.environ.get(HOSTS_ENV):
         return
-    kept_aside = os.path.join(os.environ["SENTIMENT_DIST_FAULTS_DIR"], "hosts_away")
-    with open(hosts_file) as handle:
-        lines = handle.read().splitlines()
-    if away:
-        leaving = [line for line in lines if line.split(":")[0].strip() == host]
-        with open(kept_aside, "a") as handle:
-            handle.writelines(f"{line}\n" for line in leaving)
-        lines = [line for line in lines if line not in leaving]
-    elif os.path.exists(kept_aside):
-        with open(kept_aside) as handle:
-            lines += [line for line in handle.read().splitlines() if line not in lines]
-        os.remove(kept_aside)
-    temp = f"{hosts_file}.{os.getpid()}"
+    lines = _hosts()
+    leaving = [line for line in lines if line.split(":")[0].strip() == host]
+    with open(_kept_aside(), "a") as handle:
+        handle.writelines(f"{line}\n" for line in leaving)
+    _write_hosts([line for line in lines if line not in leaving])
+
+
+def _bring_hosts_back() -> None:
+    """Put the lines `_take_host_off` kept aside back in the hosts file."""
+    if not os.environ.get(HOSTS_ENV) or not os.path.exists(_kept_aside()):
+        return
+    lines = _hosts()
+    with open(_kept_aside()) as handle:
+        lines += [line for line in handle.read().splitlines() if line not in lines]
+    _write_hosts(lines)
+    os.remove(_kept_aside())
+
+
+def _kept_aside() -> str:
+    return os.path.join(os.environ["SENTIMENT_DIST_FAULTS_DIR"], "hosts_away")
+
+
+def _hosts() -> list[str]:
+    with open(os.environ[HOSTS_ENV]) as handle:
+        return handle.read().splitlines()
+
+
+def _write_hosts(lines: list[str]) -> None:
+    """Replaced whole, so the discovery script never reads half of it."""
+    temp = f"{os.environ[HOSTS_ENV]}.{os.getpid()}"
     with open(temp, "w") as handle:
         handle.writelines(f"{line}\n" for line in lines)
-    os.replace(temp, hosts_file)
+    os.replace(temp, os.environ[HOSTS_ENV])
 
 
 def _listen_for_hosts(dist) -> None:
